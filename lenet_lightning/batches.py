@@ -1,0 +1,212 @@
+"""Batches straight from in-memory tensors, and transforms that work on whole batches.
+
+A ``TensorBatchLoader`` slices batches out of one ``uint8`` image tensor: no
+per-image Python work, no worker processes to feed. Its order depends only on
+``(seed, epoch)`` and it can resume in the middle of an epoch, which is what
+makes an interrupted run end exactly like an uninterrupted one.
+
+The batch transforms (flip, translate, normalise) run on whatever device the
+batch is on, with randomness drawn from a generator seeded per batch.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Iterator
+from typing import Any
+
+import torch
+from torch import Tensor
+from torch.nn import functional as F
+from torch.utils.data import DataLoader, Dataset
+from torch.utils.data._utils.pin_memory import pin_memory
+
+# A raw batch: uint8 images, int64 labels and, for training batches, the seed of
+# that batch's augmentation (a plain int, derived from seed, epoch, rank and index).
+RawBatch = tuple[Tensor, Tensor] | tuple[Tensor, Tensor, int]
+
+
+# What a sampler asks for: the batch's augmentation seed (None when not augmented)
+# and the indices of its images.
+BatchRequest = tuple[int | None, Tensor]
+
+
+class EpochShardSampler:
+    """Yields one request per batch for one process's share of an epoch.
+
+    The order is a permutation seeded by ``(seed, epoch)``; ``set_epoch`` is called
+    by Lightning's loops (as for ``DistributedSampler``) and should be called by a
+    plain loop too. With ``world_size > 1`` each rank takes every
+    ``world_size``-th index. Training (``shuffle=True``) trims the data to a multiple
+    of ``world_size`` so every rank runs the same number of steps, and gives each
+    batch an augmentation seed derived from ``(seed, epoch, rank, batch index)``;
+    evaluation keeps every sample exactly once, so no sample is counted twice.
+    """
+
+    def __init__(
+        self,
+        num_samples: int,
+        batch_size: int,
+        shuffle: bool = False,
+        seed: int = 0,
+        rank: int = 0,
+        world_size: int = 1,
+    ) -> None:
+        self.num_samples = num_samples
+        self.batch_size = batch_size
+        self.shuffle = shuffle
+        self.seed = seed
+        self.rank = rank
+        self.world_size = world_size
+        self.epoch = 0
+        self.start = 0  # first batch of the next iteration; set when resuming mid-epoch
+
+    def set_epoch(self, epoch: int) -> None:
+        self.epoch = epoch
+
+    def shard(self) -> Tensor:
+        """This rank's indices for the current epoch, in order."""
+        if self.shuffle:
+            generator = torch.Generator().manual_seed(mix_seed(self.seed, self.epoch))
+            order = torch.randperm(self.num_samples, generator=generator)
+            order = order[: len(order) - len(order) % self.world_size]
+        else:
+            order = torch.arange(self.num_samples)
+        return order[self.rank :: self.world_size]
+
+    def __len__(self) -> int:
+        if self.shuffle:
+            per_rank = self.num_samples // self.world_size
+        else:
+            per_rank = len(range(self.rank, self.num_samples, self.world_size))
+        return math.ceil(per_rank / self.batch_size)
+
+    def __iter__(self) -> Iterator[BatchRequest]:
+        start, self.start = self.start, 0
+        for index, indices in enumerate(self.shard().split(self.batch_size)):
+            if index >= start:
+                seed = mix_seed(self.seed, self.epoch, self.rank, index) if self.shuffle else None
+                yield seed, indices
+
+
+class TensorSlices(Dataset[RawBatch]):
+    """A map-style dataset whose items are whole batches: ``request -> raw batch``."""
+
+    def __init__(self, images: Tensor, labels: Tensor) -> None:
+        self.images = images
+        self.labels = labels
+
+    def __len__(self) -> int:
+        return len(self.labels)
+
+    def __getitem__(self, request: BatchRequest) -> RawBatch:
+        seed, indices = request
+        if seed is None:
+            return self.images[indices], self.labels[indices]
+        return self.images[indices], self.labels[indices], seed
+
+
+class TensorBatchLoader:
+    """An iterable of raw batches sliced from in-memory tensors.
+
+    With ``num_workers=0`` (the default, chosen by measurement: see README) each
+    batch is one indexing operation in the main process. With ``num_workers > 0``
+    the same requests go to a persistent-worker ``DataLoader``. Either way the
+    loader itself is not a ``DataLoader``, so Lightning leaves it alone (no sampler
+    replacement under DDP), and it is *stateful* (``state_dict`` /
+    ``load_state_dict``), so Lightning can resume it in the middle of an epoch.
+    """
+
+    # Like a DataLoader built with batch_size=None: Lightning inspects these
+    # attributes (and calls ``sampler.set_epoch`` each epoch).
+    batch_sampler = None
+
+    def __init__(
+        self,
+        images: Tensor,
+        labels: Tensor,
+        sampler: EpochShardSampler,
+        num_workers: int = 0,
+        pin_memory: bool = False,
+    ) -> None:
+        self.dataset = TensorSlices(images, labels)
+        self.sampler = sampler
+        self.num_workers = num_workers
+        self.pin_memory = pin_memory
+        self._position = 0
+        self._workers: DataLoader[RawBatch] | None = None
+
+    def __len__(self) -> int:
+        return len(self.sampler)
+
+    def __iter__(self) -> Iterator[RawBatch]:
+        self._position = self.sampler.start
+        for batch in self._batches():
+            self._position += 1
+            yield batch
+        self._position = 0
+
+    def _batches(self) -> Iterator[RawBatch]:
+        if self.num_workers == 0:
+            for request in self.sampler:
+                batch = self.dataset[request]
+                yield pin_memory(batch) if self.pin_memory else batch
+            return
+        if self._workers is None:
+            self._workers = DataLoader(
+                self.dataset,
+                sampler=self.sampler,
+                batch_size=None,
+                num_workers=self.num_workers,
+                pin_memory=self.pin_memory,
+                persistent_workers=True,
+            )
+        yield from self._workers
+
+    def state_dict(self) -> dict[str, Any]:
+        return {"epoch": self.sampler.epoch, "position": self._position}
+
+    def load_state_dict(self, state: dict[str, Any]) -> None:
+        self.sampler.set_epoch(state["epoch"])
+        self.sampler.start = state["position"]
+
+
+def mix_seed(*parts: int) -> int:
+    """Combine integers into one 63-bit seed (distinct inputs give unrelated seeds)."""
+    value = 0x9E3779B97F4A7C15
+    for part in parts:
+        value = (value ^ (part + 0x9E3779B97F4A7C15 + (value << 6) + (value >> 2))) & (2**64 - 1)
+        value = (value * 0xBF58476D1CE4E5B9) & (2**64 - 1)
+    return value >> 1
+
+
+# --- batch transforms --------------------------------------------------------------
+
+
+def augment(images: Tensor, hflip: bool, max_shift: int, generator: torch.Generator) -> Tensor:
+    """Random horizontal flip (p=1/2) and random shift by up to ``max_shift`` pixels.
+
+    The same as torchvision's ``RandomHorizontalFlip()`` + ``RandomCrop(32,
+    padding=max_shift)`` (zero fill), for a whole ``uint8`` batch in one ``gather``:
+    each output pixel reads its source pixel from the zero-padded batch.
+    """
+    batch, channels, height, width = images.shape
+    device = images.device
+    padded = F.pad(images, (max_shift,) * 4)
+    flip = torch.rand(batch, device=device, generator=generator) < 0.5
+    if not hflip:
+        flip = torch.zeros_like(flip)
+    offsets = torch.randint(0, 2 * max_shift + 1, (2, batch, 1), device=device, generator=generator)
+    cols = torch.arange(width, device=device)
+    cols = torch.where(flip[:, None], cols.flip(0), cols) + offsets[1]  # (B, W)
+    rows = torch.arange(height, device=device) + offsets[0]  # (B, H)
+    source = rows[:, :, None] * (width + 2 * max_shift) + cols[:, None, :]  # (B, H, W) into padded
+    source = source.view(batch, 1, height * width).expand(batch, channels, height * width)
+    return padded.reshape(batch, channels, -1).gather(2, source).view(batch, channels, height, width)
+
+
+def normalize(images: Tensor, mean: tuple[float, ...], std: tuple[float, ...]) -> Tensor:
+    """uint8 ``(B, 3, H, W)`` to float32, scaled to [0, 1] then standardised per channel."""
+    scale = torch.tensor([1.0 / (255.0 * s) for s in std], device=images.device).view(1, -1, 1, 1)
+    shift = torch.tensor([-m / s for m, s in zip(mean, std, strict=True)], device=images.device).view(1, -1, 1, 1)
+    return torch.addcmul(shift, images.float(), scale)

@@ -1,0 +1,196 @@
+"""``LeNetClassifier``: the training system around :class:`~lenet_lightning.model.LeNet5`."""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Sequence
+from typing import Any
+
+import lightning as L
+import torch
+from torch import Tensor
+from torch.nn import functional as F
+from torch.optim import SGD, AdamW, Optimizer
+from torch.optim.lr_scheduler import LambdaLR, LRScheduler, OneCycleLR
+from torchmetrics.classification import MulticlassAccuracy, MulticlassConfusionMatrix
+
+from lenet_lightning.errors import UserError
+from lenet_lightning.model import LeNet5
+from lenet_lightning.sources import CIFAR10_CLASSES
+
+OPTIMIZERS = ("sgd", "adamw")
+SCHEDULERS = ("onecycle", "cosine", "none")
+Batch = tuple[Tensor, Tensor]
+
+
+class LeNetClassifier(L.LightningModule):
+    """Cross-entropy training of LeNet-5 with overall and per-class accuracy.
+
+    Logs ``train/loss``, ``train/acc``, ``train/lr``, ``{val,test}/loss``,
+    ``{val,test}/acc`` and ``{val,test}/acc_<class>``. Accuracy is micro-averaged
+    (the fraction of images classified correctly), per class it is the recall of
+    each class. After each validation/test epoch the confusion matrix (counts,
+    rows = true class) is kept in ``self.confusion[stage]`` for reports and pictures.
+
+    Args:
+        class_names: one name per class, used in metric names (default: CIFAR-10).
+        optimizer: ``"sgd"`` or ``"adamw"``.
+        lr: peak learning rate (the constant one with ``scheduler="none"``).
+        momentum: SGD momentum (ignored by AdamW).
+        nesterov: Nesterov momentum for SGD.
+        weight_decay: L2 penalty (decoupled for AdamW).
+        label_smoothing: label smoothing of the training loss; validation and test
+            report the plain cross-entropy so runs stay comparable.
+        scheduler: ``"onecycle"``, ``"cosine"`` (linear warm-up, cosine decay to 0)
+            or ``"none"``; stepped every batch.
+        warmup_fraction: share of all steps spent warming up (one-cycle, cosine).
+    """
+
+    def __init__(
+        self,
+        class_names: Sequence[str] | None = None,
+        optimizer: str = "sgd",
+        lr: float = 0.05,
+        momentum: float = 0.9,
+        nesterov: bool = True,
+        weight_decay: float = 5e-4,
+        label_smoothing: float = 0.1,
+        scheduler: str = "onecycle",
+        warmup_fraction: float = 0.15,
+    ) -> None:
+        super().__init__()
+        validate_recipe(optimizer, lr, momentum, weight_decay, label_smoothing, scheduler, warmup_fraction)
+        self.save_hyperparameters()
+        self.class_names = tuple(class_names or CIFAR10_CLASSES)
+        num_classes = len(self.class_names)
+        self.net = LeNet5(num_classes)
+        self.example_input_array = torch.zeros(1, 3, 32, 32)
+        # One metric instance per stage and purpose: states never mix between stages.
+        self.train_acc = MulticlassAccuracy(num_classes, average="micro")
+        self.val_acc = MulticlassAccuracy(num_classes, average="micro")
+        self.val_acc_per_class = MulticlassAccuracy(num_classes, average=None)
+        self.val_confmat = MulticlassConfusionMatrix(num_classes)
+        self.test_acc = MulticlassAccuracy(num_classes, average="micro")
+        self.test_acc_per_class = MulticlassAccuracy(num_classes, average=None)
+        self.test_confmat = MulticlassConfusionMatrix(num_classes)
+        self.confusion: dict[str, Tensor] = {}
+
+    def forward(self, images: Tensor) -> Tensor:
+        return self.net(images)
+
+    def training_step(self, batch: Batch, batch_idx: int) -> Tensor:
+        loss = self._shared_step(batch, "train")
+        self.log("train/lr", self.optimizers().param_groups[0]["lr"])  # type: ignore[union-attr]
+        return loss
+
+    def on_validation_epoch_end(self) -> None:
+        self._log_epoch_end("val")
+
+    def validation_step(self, batch: Batch, batch_idx: int) -> None:
+        self._shared_step(batch, "val")
+
+    def test_step(self, batch: Batch, batch_idx: int) -> None:
+        self._shared_step(batch, "test")
+
+    def on_test_epoch_end(self) -> None:
+        self._log_epoch_end("test")
+
+    def predict_step(self, batch: Batch, batch_idx: int) -> Tensor:
+        """Class probabilities for the batch."""
+        return self(batch[0]).softmax(dim=1)
+
+    def configure_optimizers(self) -> Any:
+        optimizer = self._build_optimizer()
+        scheduler = self._build_scheduler(optimizer, int(self.trainer.estimated_stepping_batches))
+        if scheduler is None:
+            return optimizer
+        return {"optimizer": optimizer, "lr_scheduler": {"scheduler": scheduler, "interval": "step"}}
+
+    def _shared_step(self, batch: Batch, stage: str) -> Tensor:
+        images, targets = batch
+        logits = self(images)
+        smoothing = self.hparams["label_smoothing"] if stage == "train" else 0.0
+        loss = F.cross_entropy(logits, targets, label_smoothing=smoothing)
+        preds = logits.argmax(dim=1)
+        accuracy: MulticlassAccuracy = getattr(self, f"{stage}_acc")
+        accuracy.update(preds, targets)
+        if stage != "train":
+            getattr(self, f"{stage}_acc_per_class").update(preds, targets)
+            getattr(self, f"{stage}_confmat").update(preds, targets)
+        # In training, loss is logged per step and accuracy per epoch: an accuracy per
+        # step would cost a second metric computation on every batch.
+        sync = stage != "train"
+        self.log(f"{stage}/loss", loss, prog_bar=True, sync_dist=sync, batch_size=len(targets))
+        self.log(f"{stage}/acc", accuracy, on_step=False, on_epoch=True, prog_bar=True)
+        return loss
+
+    def _log_epoch_end(self, stage: str) -> None:
+        per_class: MulticlassAccuracy = getattr(self, f"{stage}_acc_per_class")
+        confmat: MulticlassConfusionMatrix = getattr(self, f"{stage}_confmat")
+        values = per_class.compute()
+        self.log_dict({f"{stage}/acc_{name}": value for name, value in zip(self.class_names, values, strict=True)})
+        self.confusion[stage] = confmat.compute().cpu()
+        per_class.reset()
+        confmat.reset()
+
+    def _build_optimizer(self) -> Optimizer:
+        hp = self.hparams
+        if hp["optimizer"] == "adamw":
+            return AdamW(self.parameters(), lr=hp["lr"], weight_decay=hp["weight_decay"])
+        return SGD(
+            self.parameters(),
+            lr=hp["lr"],
+            momentum=hp["momentum"],
+            nesterov=hp["nesterov"] and hp["momentum"] > 0,
+            weight_decay=hp["weight_decay"],
+        )
+
+    def _build_scheduler(self, optimizer: Optimizer, total_steps: int) -> LRScheduler | None:
+        hp = self.hparams
+        if hp["scheduler"] == "onecycle":
+            # Momentum stays what --momentum says: cycling it would make that flag a lie.
+            return OneCycleLR(
+                optimizer,
+                max_lr=hp["lr"],
+                total_steps=total_steps,
+                pct_start=hp["warmup_fraction"],
+                cycle_momentum=False,
+            )
+        if hp["scheduler"] == "cosine":
+            warmup = max(1, round(hp["warmup_fraction"] * total_steps))
+            return LambdaLR(optimizer, lambda step: warmup_cosine(step, warmup, total_steps))
+        return None
+
+
+def warmup_cosine(step: int, warmup_steps: int, total_steps: int) -> float:
+    """Learning-rate factor: linear from 0 to 1 over ``warmup_steps``, then cosine to 0."""
+    if step < warmup_steps:
+        return (step + 1) / warmup_steps
+    progress = (step - warmup_steps) / max(1, total_steps - warmup_steps)
+    return 0.5 * (1.0 + math.cos(math.pi * min(1.0, progress)))
+
+
+def validate_recipe(
+    optimizer: str,
+    lr: float,
+    momentum: float,
+    weight_decay: float,
+    label_smoothing: float,
+    scheduler: str,
+    warmup_fraction: float,
+) -> None:
+    """Reject impossible training settings with a message that says what to use instead."""
+    if optimizer not in OPTIMIZERS:
+        raise UserError(f"unknown optimizer '{optimizer}': use one of {', '.join(OPTIMIZERS)}")
+    if scheduler not in SCHEDULERS:
+        raise UserError(f"unknown scheduler '{scheduler}': use one of {', '.join(SCHEDULERS)}")
+    if not lr > 0 or not math.isfinite(lr):
+        raise UserError(f"learning rate must be a positive number, got {lr}")
+    if not 0 <= momentum < 1:
+        raise UserError(f"momentum must be in [0, 1), got {momentum}")
+    if weight_decay < 0:
+        raise UserError(f"weight decay must be >= 0, got {weight_decay}")
+    if not 0 <= label_smoothing < 1:
+        raise UserError(f"label smoothing must be in [0, 1), got {label_smoothing}")
+    if not 0 < warmup_fraction < 1:
+        raise UserError(f"warm-up fraction must be in (0, 1), got {warmup_fraction}")

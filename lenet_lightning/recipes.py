@@ -1,0 +1,41 @@
+"""Named training recipes: default values for the command line's recipe flags.
+
+A flag given on the command line always wins over the recipe's value.
+"""
+
+from typing import Any
+
+RECIPES: dict[str, dict[str, Any]] = {
+    # Chosen on the validation split (see README, "Results"): exact LeNet-5, 30 epochs.
+    "default": {
+        "max_epochs": 30,
+        "batch_size": 256,
+        "optimizer": "sgd",
+        "lr": 0.05,
+        "momentum": 0.9,
+        "nesterov": True,
+        "weight_decay": 5e-4,
+        "label_smoothing": 0.1,
+        "scheduler": "onecycle",
+        "warmup_fraction": 0.15,
+        "normalization": "cifar10",
+        "hflip": True,
+        "translate": 2,
+    },
+    # PyTorch's "Training a classifier" tutorial, exactly.
+    "tutorial": {
+        "max_epochs": 5,
+        "batch_size": 4,
+        "optimizer": "sgd",
+        "lr": 0.001,
+        "momentum": 0.9,
+        "nesterov": False,
+        "weight_decay": 0.0,
+        "label_smoothing": 0.0,
+        "scheduler": "none",
+        "warmup_fraction": 0.15,
+        "normalization": "half",
+        "hflip": False,
+        "translate": 0,
+    },
+}

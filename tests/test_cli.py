@@ -1,0 +1,165 @@
+"""train.py end to end on synthetic data: what a user runs, checked from the files it leaves."""
+
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import torch
+from lightning.pytorch.callbacks import Callback
+from PIL import Image
+from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
+
+from lenet_lightning import CIFAR10_CLASSES, cli
+from lenet_lightning.cli import build_parser, main, run
+from tests.conftest import synthetic_images
+
+ROOT = Path(__file__).resolve().parents[1]
+SMALL = ["--val-size", "100", "--batch-size", "32", "--seed", "3", "--log-every-n-steps", "5"]
+
+
+def train_args(data_dir: Path, log_dir: Path, *extra: str) -> list[str]:
+    return ["--data-dir", str(data_dir), "--log-dir", str(log_dir), "--accelerator", "cpu", *SMALL, *extra]
+
+
+def scalar_tags(run_dir: Path) -> set[str]:
+    tags: set[str] = set()
+    for events in run_dir.glob("events.out.tfevents.*"):
+        accumulator = EventAccumulator(str(events))
+        accumulator.Reload()
+        tags |= set(accumulator.Tags()["scalars"])
+    return tags
+
+
+@pytest.fixture(scope="module")
+def trained_run(cifar_archive, tmp_path_factory):
+    """One 3-epoch training run shared by the tests that only read its outputs."""
+    log_dir = tmp_path_factory.mktemp("logs")
+    metrics = main(train_args(cifar_archive, log_dir, "--max-epochs", "3"))
+    return metrics, log_dir / "lenet" / "version_0"
+
+
+def test_training_writes_the_run_folder(trained_run, capsys):
+    metrics, run_dir = trained_run
+    assert (run_dir / "hparams.yaml").is_file()
+    checkpoints = sorted(p.name for p in (run_dir / "checkpoints").iterdir())
+    assert "last.ckpt" in checkpoints
+    assert any(name.startswith("best-") for name in checkpoints)
+    saved = json.loads((run_dir / "test_metrics.json").read_text())
+    assert set(saved) == {"test/acc"} | {f"test/acc_{name}" for name in CIFAR10_CLASSES}
+    assert saved == pytest.approx(metrics)
+    assert all(isinstance(value, float) for value in saved.values())
+
+
+def test_training_learns_the_synthetic_classes(trained_run):
+    metrics, _ = trained_run
+    assert metrics["test/acc"] > 0.5  # 10 classes: chance is 0.1
+
+
+def test_event_files_hold_every_metric_tag(trained_run):
+    _, run_dir = trained_run
+    expected = {"train/loss", "train/acc", "train/lr", "val/loss", "val/acc", "test/loss", "test/acc"}
+    expected |= {f"{stage}/acc_{name}" for stage in ("val", "test") for name in CIFAR10_CLASSES}
+    assert expected <= scalar_tags(run_dir)
+
+
+def test_same_seed_gives_identical_results(trained_run, cifar_archive, tmp_path):
+    metrics, _ = trained_run
+    again = main(train_args(cifar_archive, tmp_path, "--max-epochs", "3"))
+    assert again == metrics
+
+
+class CrashAtEpoch(Callback):
+    def __init__(self, epoch: int) -> None:
+        self.epoch = epoch
+
+    def on_train_epoch_start(self, trainer, pl_module):
+        if trainer.current_epoch == self.epoch:
+            raise RuntimeError("simulated crash")
+
+
+def test_resume_after_a_crash_ends_like_an_uninterrupted_run(trained_run, cifar_archive, tmp_path, monkeypatch):
+    build_trainer = cli.build_trainer
+
+    def crashing_trainer(settings, logger, fast_dev_run, extra_callbacks):
+        return build_trainer(settings, logger, fast_dev_run, [*extra_callbacks, CrashAtEpoch(2)])
+
+    monkeypatch.setattr(cli, "build_trainer", crashing_trainer)
+    with pytest.raises(RuntimeError, match="simulated crash"):
+        main(train_args(cifar_archive, tmp_path, "--max-epochs", "3"))
+    run_dir = tmp_path / "lenet" / "version_0"
+    assert torch.load(run_dir / "checkpoints" / "last.ckpt", weights_only=True)["epoch"] == 1
+    monkeypatch.setattr(cli, "build_trainer", build_trainer)
+    # No other flags: data, recipe and epochs come from the checkpoint.
+    resumed = main(["--ckpt-path", "last", "--log-dir", str(tmp_path)])
+    assert sorted(p.name for p in (tmp_path / "lenet").iterdir()) == ["version_0"]
+    assert resumed == trained_run[0]
+
+
+def test_evaluate_reproduces_the_training_test_accuracy(trained_run, capsys):
+    metrics, run_dir = trained_run
+    best = next((run_dir / "checkpoints").glob("best-*.ckpt"))
+    (run_dir / "test_metrics.json").unlink()
+    evaluated = main(["--evaluate", "--ckpt-path", str(best)])
+    assert evaluated == pytest.approx(metrics)
+    assert json.loads((run_dir / "test_metrics.json").read_text()) == pytest.approx(metrics)
+    out = capsys.readouterr().out
+    assert "overall" in out and "airplane" in out and str(run_dir) in out
+
+
+def test_predict_classifies_readable_files_and_reports_the_rest(trained_run, tmp_path, capsys):
+    _, run_dir = trained_run
+    images, labels = synthetic_images(1, seed=5)
+    png, jpg, bad = tmp_path / "a.png", tmp_path / "b.jpg", tmp_path / "c.png"
+    Image.fromarray(images[3].transpose(1, 2, 0)).resize((64, 64)).save(png)
+    Image.fromarray(images[8].transpose(1, 2, 0)).convert("L").save(jpg)
+    bad.write_text("not an image")
+    ckpt = str(run_dir / "checkpoints" / "last.ckpt")
+    assert run(["--predict", str(png), str(jpg), str(bad), "--ckpt-path", ckpt, "--json"]) == 0
+    results = json.loads(capsys.readouterr().out)
+    assert [r["file"] for r in results] == [str(png), str(jpg), str(bad)]
+    assert len(results[0]["top3"]) == 3 and results[0]["top3"][0]["class"] == CIFAR10_CLASSES[labels[3]]
+    assert sum(c["probability"] for c in results[0]["top3"]) <= 1.0
+    assert "top3" in results[1]
+    assert "c.png" in results[2]["error"]
+    assert run(["--predict", str(bad), "--ckpt-path", ckpt]) == 1
+
+
+def test_help_documents_every_flag_with_its_default():
+    parser = build_parser()
+    for action in parser._actions:
+        if action.option_strings and action.dest != "help":
+            assert "default" in (action.help or "") or action.default is False or action.dest == "predict", action.dest
+
+
+@pytest.mark.parametrize(
+    ("flags", "message"),
+    [
+        (["--accelerator", "gpu"], "no CUDA GPU"),
+        (["--precision", "16-mixed", "--accelerator", "cpu"], "needs a GPU"),
+        (["--batch-size", "0"], "batch size"),
+        (["--lr", "-1"], "learning rate"),
+        (["--evaluate", "--ckpt-path", "missing.ckpt"], "does not exist"),
+    ],
+)
+def test_bad_input_gets_one_line_and_exit_code_2(flags, message, cifar_archive, tmp_path, capsys):
+    code = run(["--data-dir", str(cifar_archive), "--log-dir", str(tmp_path), *flags])
+    err = capsys.readouterr().err.strip()
+    assert code == 2
+    assert err.startswith("error: ") and message in err and "\n" not in err
+
+
+def test_train_py_exits_non_zero_without_traceback_on_missing_gpu(tmp_path):
+    if torch.cuda.is_available():
+        pytest.skip("this machine has a GPU")
+    done = subprocess.run(
+        [sys.executable, str(ROOT / "train.py"), "--accelerator", "gpu", "--log-dir", str(tmp_path)],
+        capture_output=True,
+        text=True,
+        cwd=tmp_path,
+        check=False,
+    )
+    assert done.returncode == 2
+    assert "Traceback" not in done.stderr
+    assert done.stderr.strip().splitlines() == [done.stderr.strip()]

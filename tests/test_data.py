@@ -1,0 +1,218 @@
+import os
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+from PIL import Image
+
+from lenet_lightning import CIFAR10_CLASSES, CIFAR10_MEAN, CIFAR10_STD, CIFAR10DataModule, sources
+from lenet_lightning.batches import EpochShardSampler, TensorBatchLoader, augment
+from lenet_lightning.errors import UserError
+from tests.conftest import synthetic_images
+
+
+def make_dm(data_dir: Path, **kwargs) -> CIFAR10DataModule:
+    options = {"batch_size": 32, "val_size": 100, "seed": 7} | kwargs
+    dm = CIFAR10DataModule(str(data_dir), **options)
+    dm.prepare_data()
+    return dm
+
+
+# --- official archive ------------------------------------------------------------
+
+
+def test_archive_split_sizes_and_dtypes(cifar_archive):
+    dm = make_dm(cifar_archive)
+    dm.setup("fit")
+    dm.setup("test")
+    assert len(dm.train_split[1]) == 500 and len(dm.val_split[1]) == 100 and len(dm.test_split[1]) == 200
+    assert dm.train_split[0].dtype == torch.uint8 and dm.train_split[0].shape[1:] == (3, 32, 32)
+    assert dm.classes == CIFAR10_CLASSES and dm.num_classes == 10 and dm.dims == (3, 32, 32)
+
+
+def test_archive_images_and_labels_are_the_pickled_ones(cifar_archive):
+    images, labels = sources.load_archive_split(cifar_archive / "cifar-10-batches-py", train=False)
+    expected_images, expected_labels = synthetic_images(20, seed=1)
+    assert torch.equal(images, torch.from_numpy(expected_images))
+    assert labels.tolist() == expected_labels.tolist()
+
+
+def test_split_is_deterministic_and_disjoint(cifar_archive):
+    first, second, other = make_dm(cifar_archive), make_dm(cifar_archive), make_dm(cifar_archive, seed=8)
+    for dm in (first, second, other):
+        dm.setup("fit")
+    assert torch.equal(first.val_split[0], second.val_split[0])
+    assert not torch.equal(first.val_split[0], other.val_split[0])
+    train = {tuple(image.flatten()[:64].tolist()) for image in first.train_split[0]}
+    val = {tuple(image.flatten()[:64].tolist()) for image in first.val_split[0]}
+    assert not train & val
+
+
+def test_val_size_too_large_is_a_clear_error(cifar_archive):
+    dm = make_dm(cifar_archive, val_size=600)
+    with pytest.raises(UserError, match="leaves no training images"):
+        dm.setup("fit")
+
+
+def test_missing_data_without_download_names_the_fix(tmp_path):
+    dm = CIFAR10DataModule(str(tmp_path / "nothing"), download=False)
+    dm.prepare_data()
+    with pytest.raises(UserError, match=r"no CIFAR-10 data in .*--download-url.*image folder"):
+        dm.setup("fit")
+
+
+# --- image folder ----------------------------------------------------------------
+
+
+def test_image_folder_labels_match_class_folders(image_folder):
+    dm = make_dm(image_folder, val_size=0)
+    dm.setup("test")
+    images, labels = dm.test_split
+    assert len(labels) == 30
+    for label, name in enumerate(CIFAR10_CLASSES):
+        files = sorted((image_folder / "test" / name).iterdir())
+        assert (labels == label).sum() == len(files)
+    first_bird = sorted((image_folder / "test" / "bird").iterdir())[0]
+    expected = torch.from_numpy(np.array(Image.open(first_bird).convert("RGB"))).permute(2, 0, 1)
+    assert torch.equal(images[labels == 2][0], expected)
+
+
+def test_image_folder_with_wrong_class_folders_is_refused(image_folder):
+    (image_folder / "train" / "cat").rename(image_folder / "train" / "kitten")
+    with pytest.raises(UserError, match=r"class folders in .* rename them to the ten CIFAR-10 classes"):
+        make_dm(image_folder)
+
+
+def test_unreadable_image_is_named(image_folder):
+    broken = image_folder / "train" / "dog" / "broken.png"
+    broken.write_bytes(b"not a png")
+    with pytest.raises(UserError, match=r"broken\.png"):
+        make_dm(image_folder)
+
+
+def test_images_of_other_sizes_are_resized(image_folder):
+    Image.new("RGB", (64, 48), (255, 0, 0)).save(image_folder / "test" / "cat" / "big.png")
+    dm = make_dm(image_folder)
+    dm.setup("test")
+    assert dm.test_split[0].shape == (31, 3, 32, 32)
+    assert (dm.test_split[0] == torch.tensor([255, 0, 0]).view(3, 1, 1)).all(dim=(1, 2, 3)).sum() == 1
+
+
+def test_decode_cache_is_reused_and_invalidated(image_folder, isolated_cache, monkeypatch):
+    make_dm(image_folder, val_size=10).setup("fit")
+    cached = sorted(isolated_cache.glob("*.pt"))
+    assert len(cached) == 2  # train and test, decoded in prepare_data
+    assert not list(image_folder.rglob("*.pt")), "the cache must not be written into the data folder"
+
+    def no_decoding(files):
+        raise AssertionError("decoded again although the cache is valid")
+
+    monkeypatch.setattr(sources, "decode_files", no_decoding)
+    make_dm(image_folder, val_size=10).setup("fit")  # served from the cache
+
+    changed = image_folder / "train" / "cat" / "0003.png"
+    Image.new("RGB", (32, 32), (0, 0, 0)).save(changed)
+    os.utime(changed, ns=(1, 1))
+    with pytest.raises(AssertionError, match="decoded again"):
+        make_dm(image_folder)
+
+
+# --- loaders -----------------------------------------------------------------------
+
+
+def test_eval_shards_cover_every_sample_exactly_once():
+    seen = []
+    for rank in range(3):
+        sampler = EpochShardSampler(101, 8, shuffle=False, rank=rank, world_size=3)
+        batches = [indices for _, indices in sampler]
+        assert len(batches) == len(sampler)
+        seen += torch.cat(batches).tolist()
+    assert sorted(seen) == list(range(101))
+
+
+def test_train_shards_are_equal_disjoint_and_change_per_epoch():
+    samplers = [EpochShardSampler(101, 8, shuffle=True, seed=3, rank=r, world_size=2) for r in range(2)]
+    shards = [s.shard() for s in samplers]
+    assert len(shards[0]) == len(shards[1]) == 50 and len(samplers[0]) == len(samplers[1]) == 7
+    assert not set(shards[0].tolist()) & set(shards[1].tolist())
+    samplers[0].set_epoch(1)
+    assert not torch.equal(samplers[0].shard(), shards[0])
+
+
+def test_loader_resumes_mid_epoch_exactly():
+    images, labels = torch.arange(50 * 3 * 32 * 32).to(torch.uint8).view(50, 3, 32, 32), torch.arange(50)
+    loader = TensorBatchLoader(images, labels, EpochShardSampler(50, 8, shuffle=True, seed=1))
+    loader.sampler.set_epoch(2)
+    full = list(loader)
+    partial = TensorBatchLoader(images, labels, EpochShardSampler(50, 8, shuffle=True, seed=1))
+    partial.sampler.set_epoch(2)
+    iterator = iter(partial)
+    for _ in range(3):
+        next(iterator)
+    state = partial.state_dict()
+    resumed = TensorBatchLoader(images, labels, EpochShardSampler(50, 8, shuffle=True, seed=1))
+    resumed.load_state_dict(state)
+    rest = list(resumed)
+    assert len(rest) == len(full) - 3
+    for (a_img, a_lab, a_seed), (b_img, b_lab, b_seed) in zip(full[3:], rest, strict=True):
+        assert torch.equal(a_img, b_img) and torch.equal(a_lab, b_lab) and a_seed == b_seed
+
+
+def test_worker_loader_yields_the_same_batches():
+    images, labels = torch.randint(0, 255, (40, 3, 32, 32), dtype=torch.uint8), torch.arange(40)
+    main = list(TensorBatchLoader(images, labels, EpochShardSampler(40, 16, shuffle=True)))
+    workers = list(TensorBatchLoader(images, labels, EpochShardSampler(40, 16, shuffle=True), num_workers=1))
+    for a, b in zip(main, workers, strict=True):
+        assert torch.equal(a[0], b[0]) and a[2] == b[2]
+
+
+# --- batch transforms ----------------------------------------------------------------
+
+
+def test_transform_batch_normalises_with_channel_statistics(cifar_archive):
+    dm = make_dm(cifar_archive)
+    images = torch.full((2, 3, 32, 32), 255, dtype=torch.uint8)
+    normalised, labels = dm.transform_batch((images, torch.tensor([1, 2])), train=False)
+    assert normalised.dtype == torch.float32 and labels.tolist() == [1, 2]
+    for channel in range(3):
+        expected = (1.0 - CIFAR10_MEAN[channel]) / CIFAR10_STD[channel]
+        assert normalised[:, channel].allclose(torch.tensor(expected))
+    half = make_dm(cifar_archive, normalization="half").transform_batch((images, labels))[0]
+    assert half.allclose(torch.tensor(1.0))
+
+
+def test_training_augmentation_is_seeded_by_the_batch(cifar_archive):
+    dm = make_dm(cifar_archive)
+    images = torch.randint(0, 255, (64, 3, 32, 32), dtype=torch.uint8)
+    labels = torch.zeros(64, dtype=torch.long)
+    a = dm.transform_batch((images, labels, 11), train=True)[0]
+    b = dm.transform_batch((images, labels, 11), train=True)[0]
+    c = dm.transform_batch((images, labels, 12), train=True)[0]
+    plain = dm.transform_batch((images, labels, 11), train=False)[0]
+    assert torch.equal(a, b) and not torch.equal(a, c) and not torch.equal(a, plain)
+    off = make_dm(cifar_archive, hflip=False, translate=0).transform_batch((images, labels, 11), train=True)[0]
+    assert torch.equal(off, plain)
+
+
+def reference_shift(image: torch.Tensor, dy: int, dx: int, pad: int) -> torch.Tensor:
+    padded = torch.nn.functional.pad(image, (pad,) * 4)
+    return padded[:, pad + dy : pad + dy + 32, pad + dx : pad + dx + 32]
+
+
+def test_augment_is_a_flip_plus_a_zero_padded_crop():
+    images = torch.randint(1, 255, (200, 3, 32, 32), dtype=torch.uint8)
+    out = augment(images, hflip=True, max_shift=2, generator=torch.Generator().manual_seed(0))
+    flips = 0
+    for image, result in zip(images, out, strict=True):
+        matches = [
+            (flip, dy, dx)
+            for flip in (False, True)
+            for dy in range(-2, 3)
+            for dx in range(-2, 3)
+            if torch.equal(reference_shift(image.flip(-1) if flip else image, dy, dx, 2), result)
+        ]
+        assert len(matches) == 1
+        flips += matches[0][0]
+    assert 70 < flips < 130
+    assert torch.equal(augment(images, False, 0, torch.Generator()), images)
