@@ -4,10 +4,13 @@ from __future__ import annotations
 
 import os
 import pickle
+import re
 from pathlib import Path
 from typing import Any
 
+import lightning as L
 import torch
+from lightning.pytorch.callbacks import ModelCheckpoint
 from lightning.pytorch.plugins.io import TorchCheckpointIO
 
 from lenet_lightning.errors import UserError
@@ -31,6 +34,32 @@ class AtomicCheckpointIO(TorchCheckpointIO):
             file.flush()
             os.fsync(file.fileno())
         os.replace(tmp, target)
+        # A run killed while writing left its temporary file behind: the file is complete now.
+        for stale in target.parent.glob(f".{target.name}.tmp*"):
+            stale.unlink(missing_ok=True)
+
+
+class LastCheckpoint(ModelCheckpoint):
+    """``last.ckpt``: replaced after every epoch's validation and, optionally, every N training steps.
+
+    Unmonitored, top-1, one fixed name, so it is replaced at every save whatever val/acc
+    did (``save_last`` on the monitored callback would skip epochs that did not improve).
+    A step save that falls on an epoch's last batch is left to the epoch-end save, which
+    follows validation: Lightning cannot resume exactly from a checkpoint taken between
+    an epoch's last batch and its validation (it skips that validation and miscounts the
+    epoch), and the epoch-end save would be skipped as a duplicate of that step.
+    """
+
+    def __init__(self, every_n_train_steps: int = 0) -> None:
+        super().__init__(filename="last", enable_version_counter=False, every_n_epochs=1)
+        # Lightning takes step and epoch triggers as exclusive arguments; this callback wants both.
+        self._every_n_train_steps = every_n_train_steps
+
+    def on_train_batch_end(
+        self, trainer: L.Trainer, pl_module: L.LightningModule, outputs: Any, batch: Any, batch_idx: int
+    ) -> None:
+        if not trainer.fit_loop.epoch_loop.batch_progress.is_last_batch:
+            super().on_train_batch_end(trainer, pl_module, outputs, batch, batch_idx)
 
 
 def load_checkpoint(path: Path) -> dict[str, Any]:
@@ -44,13 +73,18 @@ def load_checkpoint(path: Path) -> dict[str, Any]:
     try:
         checkpoint = torch.load(path, map_location="cpu", weights_only=True)
     except pickle.UnpicklingError as error:
-        reason = str(error).splitlines()[0] if str(error) else "unsupported content"
-        raise UserError(
-            f"refused to load '{path}': it holds Python objects beyond tensors and plain data ({reason}); "
-            "use a checkpoint written by this project"
-        ) from None
-    except (RuntimeError, EOFError, OSError) as error:
-        raise UserError(f"'{path}' is not a readable checkpoint ({error}): pass a .ckpt written by train.py") from None
+        # PyTorch's message suggests loading with weights_only=False: exactly what must not happen.
+        if "Weights only load failed" in str(error):
+            unsafe = re.search(r"Unsupported global: GLOBAL (\S+)", str(error))
+            raise UserError(
+                f"refused to load '{path}': it holds Python objects beyond tensors and plain data "
+                f"({unsafe.group(1) if unsafe else 'unsupported content'}), which could run code; "
+                "use a checkpoint written by train.py"
+            ) from None
+        raise UserError(f"'{path}' is not a readable checkpoint: pass a .ckpt written by train.py") from None
+    except Exception as error:  # a damaged or foreign file: RuntimeError, EOFError, KeyError, ...
+        reason = str(error).split(". ")[0] if isinstance(error, (RuntimeError, OSError)) else "not a PyTorch file"
+        raise UserError(f"'{path}' is not a readable checkpoint ({reason}): pass a .ckpt written by train.py") from None
     if not isinstance(checkpoint, dict) or "state_dict" not in checkpoint or "hyper_parameters" not in checkpoint:
         raise UserError(f"'{path}' is not a lenet-lightning checkpoint: pass a .ckpt written by train.py")
     if not any(key.startswith("net.") for key in checkpoint["state_dict"]):

@@ -26,13 +26,16 @@ from lightning.pytorch.loggers import TensorBoardLogger
 from lenet_lightning.checkpoints import (
     SETTINGS_KEY,
     AtomicCheckpointIO,
+    LastCheckpoint,
     find_last_checkpoint,
     load_checkpoint,
     run_dir_of,
 )
 from lenet_lightning.data import NORMALIZATIONS, CIFAR10DataModule
 from lenet_lightning.errors import UserError
+from lenet_lightning.guards import FiniteLossGuard, check_numbers
 from lenet_lightning.module import OPTIMIZERS, SCHEDULERS, LeNetClassifier
+from lenet_lightning.pictures import TensorBoardPictures, confusion_figure, save_figure
 from lenet_lightning.predict import predict_files
 from lenet_lightning.recipes import RECIPES
 from lenet_lightning.reporting import format_table, metrics_from_confusion, write_json
@@ -172,6 +175,8 @@ def configure_console() -> None:
     logging.getLogger("lightning.pytorch.accelerators.cuda").setLevel(logging.WARNING)
     # Our loaders are in-memory tensors: advice about DataLoader workers does not apply.
     warnings.filterwarnings("ignore", message=".*does not have many workers.*")
+    # "best" means our monitored checkpoint, which is the first callback by construction.
+    warnings.filterwarnings("ignore", message=".*configured with multiple `ModelCheckpoint` callbacks.*")
     # Raised inside PyTorch/Lightning (graph tracing, pytree), not by anything a user does.
     warnings.filterwarnings("ignore", category=FutureWarning, module="torch.jit")
     warnings.filterwarnings("ignore", message=".*LeafSpec.*")
@@ -185,6 +190,7 @@ def train(args: argparse.Namespace) -> dict[str, Any]:
     resume_from = resolve_resume(args)
     saved = load_checkpoint(resume_from).get(SETTINGS_KEY) if resume_from else None
     settings = resolve_settings(args, saved)
+    check_numbers(settings)
     check_hardware(settings)
     L.seed_everything(settings["seed"], workers=True, verbose=False)
     datamodule = build_datamodule(settings)
@@ -194,7 +200,15 @@ def train(args: argparse.Namespace) -> dict[str, Any]:
     trainer.fit(model, datamodule=datamodule, ckpt_path=resume_from, weights_only=True)
     best = None if args.fast_dev_run else "best"
     trainer.test(model, datamodule=datamodule, ckpt_path=best, weights_only=True, verbose=False)
-    return report_test(trainer, model, Path(logger.log_dir))
+    metrics = report_test(trainer, model, Path(logger.log_dir))
+    callback = trainer.checkpoint_callback
+    best_val = callback.best_model_score if isinstance(callback, ModelCheckpoint) else None
+    # The HPARAMS tab compares runs by these two numbers.
+    hp_metrics = {"hp/test_acc": metrics["test/acc"]}
+    if best_val is not None:
+        hp_metrics["hp/val_acc"] = float(best_val)
+    logger.log_hyperparams({key: str(value) if value is None else value for key, value in settings.items()}, hp_metrics)
+    return metrics
 
 
 MODEL_KEYS = (
@@ -268,8 +282,15 @@ def check_hardware(settings: dict[str, Any]) -> None:
     uses_cpu = accelerator == "cpu" or (accelerator == "auto" and not torch.cuda.is_available())
     if uses_cpu and precision.startswith("16"):
         raise UserError(f"--precision {precision} needs a GPU; on CPU use --precision bf16-mixed or 32-true")
-    devices = settings["devices"]
-    if not uses_cpu and devices.isdigit() and int(devices) > torch.cuda.device_count():
+    devices = str(settings["devices"])
+    if uses_cpu and devices != "auto" and not (devices.isdigit() and int(devices) > 0):
+        raise UserError(f"--devices {devices}: on CPU pass a number of processes (1 or more) or auto")
+    if uses_cpu and accelerator == "auto" and devices != "auto" and int(devices) > 1:
+        raise UserError(
+            f"--devices {devices}: PyTorch sees no CUDA GPU here; to train with {devices} CPU processes (DDP) pass "
+            f"--accelerator cpu --devices {devices}, else leave --devices out"
+        )
+    if not uses_cpu and accelerator != "mps" and devices.isdigit() and int(devices) > torch.cuda.device_count():
         raise UserError(
             f"--devices {devices}: only {torch.cuda.device_count()} GPU(s) here; pass --devices "
             f"{max(1, torch.cuda.device_count())} or fewer"
@@ -286,13 +307,7 @@ def build_trainer(
         mode="max",
         auto_insert_metric_name=False,
     )
-    # Unmonitored, top-1, one fixed name: last.ckpt is replaced at every save, whatever
-    # val/acc did (save_last on the monitored callback would skip epochs that did not improve).
-    last = ModelCheckpoint(
-        filename="last",
-        enable_version_counter=False,
-        every_n_train_steps=settings["checkpoint_every_n_steps"] or None,
-    )
+    last = LastCheckpoint(every_n_train_steps=settings["checkpoint_every_n_steps"])
     devices = settings["devices"]
     try:
         return L.Trainer(
@@ -303,7 +318,7 @@ def build_trainer(
             precision=settings["precision"],
             max_epochs=settings["max_epochs"],
             logger=logger,
-            callbacks=[best, last, *extra_callbacks],
+            callbacks=[best, last, TensorBoardPictures(), FiniteLossGuard(), *extra_callbacks],
             plugins=[AtomicCheckpointIO()],
             fast_dev_run=fast_dev_run,
             deterministic=True,
@@ -324,11 +339,13 @@ class SaveSettings(Callback):
 
 
 def report_test(trainer: L.Trainer, model: LeNetClassifier, run_dir: Path) -> dict[str, Any]:
-    """Print the per-class table (rank 0), write test_metrics.json, return the metrics."""
+    """Print the per-class table (rank 0), write test_metrics.json and confusion_matrix.png, return the metrics."""
     confusion = model.confusion["test"]
     metrics = metrics_from_confusion(confusion, model.class_names)
     if trainer.is_global_zero:
         write_json(run_dir / "test_metrics.json", metrics)
+        figure = confusion_figure(confusion, model.class_names, "test confusion matrix (% of true class)")
+        save_figure(figure, str(run_dir / "confusion_matrix.png"))
         print(format_table(confusion, model.class_names))
         print(f"run folder: {run_dir}")
     return metrics
@@ -345,7 +362,7 @@ def evaluate(args: argparse.Namespace) -> dict[str, Any]:
     checkpoint = load_checkpoint(path)
     settings = resolve_settings(args, checkpoint.get(SETTINGS_KEY))
     data_settings = {**checkpoint.get("datamodule_hyper_parameters", {}), **_given(args, (*DATA_KEYS, "cache_dir"))}
-    check_hardware(settings)
+    check_hardware({**settings, "devices": "1"})  # evaluation runs on one device, whatever training used
     model = LeNetClassifier.load_from_checkpoint(path, map_location="cpu", weights_only=True)
     datamodule = CIFAR10DataModule(**data_settings)
     run_dir = run_dir_of(path)

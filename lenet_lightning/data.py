@@ -17,7 +17,15 @@ from lenet_lightning.batches import (
     normalize,
 )
 from lenet_lightning.errors import UserError
-from lenet_lightning.sources import CIFAR10_CLASSES, Split, detect_source, download_archive, load_split
+from lenet_lightning.sources import (
+    ARCHIVE_NAME,
+    CIFAR10_CLASSES,
+    Split,
+    detect_source,
+    download_archive,
+    load_split,
+    unpack_local_archive,
+)
 
 # True per-channel statistics of the CIFAR-10 training images.
 CIFAR10_MEAN = (0.4914, 0.4822, 0.4465)
@@ -42,7 +50,8 @@ class CIFAR10DataModule(L.LightningDataModule):
     :meth:`transform_batch` on each raw batch to get model-ready float images.
 
     Args:
-        data_dir: folder holding ``cifar-10-batches-py/`` (downloaded there when
+        data_dir: folder holding ``cifar-10-batches-py/`` (unpacked from a
+            ``cifar-10-python.tar.gz`` found there, else downloaded there when
             missing) or an image folder with ``train/<class>/`` and ``test/<class>/``.
         batch_size: images per batch (per process under DDP).
         num_workers: worker processes slicing batches (persistent); 0, the
@@ -106,7 +115,9 @@ class CIFAR10DataModule(L.LightningDataModule):
 
     def prepare_data(self) -> None:
         """Download when needed, and decode image folders into the cache (one process per node)."""
-        if detect_source(self.data_dir) is None and self.download:
+        if detect_source(self.data_dir) is None and (self.data_dir / ARCHIVE_NAME).is_file():
+            unpack_local_archive(self.data_dir)  # put there by hand: no need to download it
+        elif detect_source(self.data_dir) is None and self.download:
             download_archive(self.data_dir, self.download_url)
         for train in (True, False):
             if detect_source(self.data_dir) == "folder" and (self.data_dir / self._folder(train)).is_dir():

@@ -7,13 +7,18 @@ loading (splitting, batching, augmentation) works on those tensors only.
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
+import http.client
 import os
 import pickle
 import shutil
 import tarfile
 import tempfile
+import urllib.error
 import urllib.request
+import zlib
+from collections.abc import Iterator
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
@@ -41,6 +46,8 @@ CIFAR10_URL = "https://www.cs.toronto.edu/~kriz/cifar-10-python.tar.gz"
 CIFAR10_MD5 = "c58f30108f718f92721af3b95e74349a"
 DOWNLOAD_URL_ENV = "LENET_LIGHTNING_DOWNLOAD_URL"
 ARCHIVE_FOLDER = "cifar-10-batches-py"
+ARCHIVE_NAME = "cifar-10-python.tar.gz"
+CHUNK_BYTES = 1 << 20
 IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg")
 IMAGE_SIZE = 32
 
@@ -69,8 +76,8 @@ def load_split(data_dir: Path, train: bool, cache_dir: Path) -> Split:
 def missing_data_message(data_dir: Path) -> str:
     return (
         f"no CIFAR-10 data in '{data_dir}': let it download (needs internet, or set "
-        f"--download-url / ${DOWNLOAD_URL_ENV} to a mirror), unpack the official "
-        f"archive there ({ARCHIVE_FOLDER}/), or point --data-dir at an image folder "
+        f"--download-url / ${DOWNLOAD_URL_ENV} to a mirror), put the official "
+        f"archive there ({ARCHIVE_NAME} or its {ARCHIVE_FOLDER}/), or point --data-dir at an image folder "
         "with train/<class>/ and test/<class>/"
     )
 
@@ -94,44 +101,130 @@ def load_archive_split(folder: Path, train: bool) -> Split:
     return torch.from_numpy(np.concatenate(images)), torch.tensor(labels, dtype=torch.int64)
 
 
-def download_archive(data_dir: Path, url: str | None = None, md5: str = CIFAR10_MD5) -> None:
+def download_archive(data_dir: Path, url: str | None = None, md5: str | None = None) -> None:
     """Download, verify and unpack the official archive into ``data_dir``.
 
     The archive is checked against ``md5`` whatever ``url`` serves it (a mirror is
-    fine); a bad download is retried once. Unpacking happens in a temporary folder
-    that is renamed into place only when complete, so an interrupted run never
-    leaves a half-extracted folder that a later run would take for a good one.
+    fine); a failed, truncated or corrupt download is tried once more, then reported
+    in one line. Downloading and unpacking happen in a temporary folder inside
+    ``data_dir`` whose result is renamed into place only when complete, so a failed
+    or interrupted run never leaves a half-extracted folder that a later run would
+    take for a good one (and a ``data_dir`` this call created is removed again).
     """
     url = url or os.environ.get(DOWNLOAD_URL_ENV) or CIFAR10_URL
-    data_dir.mkdir(parents=True, exist_ok=True)
-    with tempfile.TemporaryDirectory(dir=data_dir, prefix=".download-") as tmp:
-        archive = Path(tmp) / "cifar-10-python.tar.gz"
-        _fetch_verified(url, archive, md5)
-        unpacked = Path(tmp) / "unpacked"
+    md5 = md5 or CIFAR10_MD5
+    attempts = 2
+    with _scratch_folder(data_dir) as scratch:
+        archive = scratch / ARCHIVE_NAME
+        problem = _fetch_verified(url, archive, md5, attempts)
+        if problem:
+            raise UserError(
+                f"no CIFAR-10 data in '{data_dir}', and downloading it from {url} {problem} ({attempts} attempts): "
+                f"check the network, or set --download-url (or ${DOWNLOAD_URL_ENV}) to a mirror, or put "
+                f"{ARCHIVE_NAME} or an image folder there by hand"
+            )
+        _unpack(archive, scratch, data_dir, source=url)
+
+
+def unpack_local_archive(data_dir: Path, md5: str | None = None) -> None:
+    """Verify and unpack a ``cifar-10-python.tar.gz`` that was put into ``data_dir`` by hand."""
+    archive, md5 = data_dir / ARCHIVE_NAME, md5 or CIFAR10_MD5
+    digest = file_md5(archive)
+    if digest != md5:
+        raise UserError(
+            f"'{archive}' is not the official CIFAR-10 archive (md5 {digest}, expected {md5}): "
+            "replace it with the official file, or delete it to download again"
+        )
+    with _scratch_folder(data_dir) as scratch:
+        _unpack(archive, scratch, data_dir, source=str(archive))
+
+
+def file_md5(path: Path) -> str:
+    digest = hashlib.md5()
+    with path.open("rb") as file:
+        while chunk := file.read(CHUNK_BYTES):
+            digest.update(chunk)
+    return digest.hexdigest()
+
+
+@contextlib.contextmanager
+def _scratch_folder(data_dir: Path) -> Iterator[Path]:
+    """A temporary folder inside ``data_dir`` (same file system, so results can be renamed into place)."""
+    created = not data_dir.exists()
+    try:
+        data_dir.mkdir(parents=True, exist_ok=True)
+        scratch = tempfile.TemporaryDirectory(dir=data_dir, prefix=".download-")
+    except OSError as error:
+        raise UserError(
+            f"cannot write to data folder '{data_dir}' ({error.strerror or error}): pass a writable --data-dir"
+        ) from None
+    try:
+        with scratch as folder:
+            yield Path(folder)
+    except BaseException:
+        if created:
+            with contextlib.suppress(OSError):
+                data_dir.rmdir()  # only succeeds when empty: nothing else is ever removed
+        raise
+
+
+def _unpack(archive: Path, scratch: Path, data_dir: Path, source: str) -> None:
+    unpacked = scratch / "unpacked"
+    try:
         with tarfile.open(archive) as tar:
             tar.extractall(unpacked, filter="data")
-        if not (unpacked / ARCHIVE_FOLDER / "batches.meta").is_file():
-            raise UserError(f"the archive from {url} holds no {ARCHIVE_FOLDER}/: use the official one")
-        target = data_dir / ARCHIVE_FOLDER
-        if target.exists():
-            shutil.rmtree(target)
-        os.replace(unpacked / ARCHIVE_FOLDER, target)
+    except (tarfile.TarError, OSError, EOFError, zlib.error) as error:
+        raise UserError(f"cannot unpack the archive from {source} ({error}): use the official archive") from None
+    if not (unpacked / ARCHIVE_FOLDER / "batches.meta").is_file():
+        raise UserError(f"the archive from {source} holds no {ARCHIVE_FOLDER}/: use the official one")
+    target = data_dir / ARCHIVE_FOLDER
+    if target.exists():
+        shutil.rmtree(target)
+    os.replace(unpacked / ARCHIVE_FOLDER, target)
 
 
-def _fetch_verified(url: str, dest: Path, md5: str, attempts: int = 2) -> None:
-    problem = ""
+def _fetch_verified(url: str, dest: Path, md5: str, attempts: int = 2) -> str | None:
+    """Download ``url`` to ``dest`` until its md5 is ``md5``, at most ``attempts`` times.
+
+    Returns ``None`` on success, else what went wrong the last time.
+    """
+    problem = None
     for _ in range(attempts):
         try:
-            with urllib.request.urlopen(url, timeout=60) as response, dest.open("wb") as out:
-                shutil.copyfileobj(response, out, length=1 << 20)
-        except (OSError, ValueError) as error:  # URLError, truncated reads, bad URLs
-            problem = f"download from {url} failed ({error})"
+            digest = _download(url, dest)
+        except (OSError, ValueError, http.client.HTTPException) as error:
+            # URLError, HTTPError and timeouts are OSErrors; http.client's other errors
+            # (IncompleteRead, BadStatusLine, ...) are not.
+            problem = f"failed ({_reason(error)})"
             continue
-        digest = hashlib.md5(dest.read_bytes()).hexdigest()
         if digest == md5:
-            return
-        problem = f"download from {url} is corrupt or incomplete (md5 {digest}, expected {md5})"
-    raise UserError(f"{problem}, twice: check the network or --download-url, or unpack the archive by hand")
+            return None
+        problem = f"gave a corrupt file (md5 {digest}, expected {md5})"
+    return problem
+
+
+def _download(url: str, dest: Path) -> str:
+    """Copy ``url`` to ``dest``; return the md5 of what arrived. A short transfer raises."""
+    digest = hashlib.md5()
+    received = 0
+    with urllib.request.urlopen(url, timeout=60) as response, dest.open("wb") as out:
+        expected = response.headers.get("Content-Length")
+        # read(n) returns b"" when the server closes early; only the length tells a short transfer.
+        while chunk := response.read(CHUNK_BYTES):
+            out.write(chunk)
+            digest.update(chunk)
+            received += len(chunk)
+    if expected is not None and expected.isdigit() and received != int(expected):
+        raise ConnectionError(f"the connection closed after {received} of {expected} bytes")
+    return digest.hexdigest()
+
+
+def _reason(error: BaseException) -> str:
+    if isinstance(error, urllib.error.HTTPError):
+        return str(error)  # "HTTP Error 404: Not Found"
+    if isinstance(error, urllib.error.URLError):
+        return str(error.reason)
+    return str(error) or type(error).__name__
 
 
 # --- image folder -----------------------------------------------------------------

@@ -23,13 +23,27 @@ def train_args(data_dir: Path, log_dir: Path, *extra: str) -> list[str]:
     return ["--data-dir", str(data_dir), "--log-dir", str(log_dir), "--accelerator", "cpu", *SMALL, *extra]
 
 
-def scalar_tags(run_dir: Path) -> set[str]:
-    tags: set[str] = set()
-    for events in run_dir.glob("events.out.tfevents.*"):
-        accumulator = EventAccumulator(str(events))
+def read_events(run_dir: Path) -> list[EventAccumulator]:
+    """Every event file of a run, read back with TensorBoard's own reader (keeping all images)."""
+    accumulators = []
+    for events in sorted(run_dir.glob("events.out.tfevents.*")):
+        accumulator = EventAccumulator(str(events), size_guidance={"images": 0, "scalars": 0})
         accumulator.Reload()
-        tags |= set(accumulator.Tags()["scalars"])
-    return tags
+        accumulators.append(accumulator)
+    return accumulators
+
+
+def scalar_tags(run_dir: Path) -> set[str]:
+    return {tag for accumulator in read_events(run_dir) for tag in accumulator.Tags()["scalars"]}
+
+
+def image_steps(run_dir: Path, tag: str) -> list[int]:
+    return [
+        image.step
+        for accumulator in read_events(run_dir)
+        if tag in accumulator.Tags()["images"]
+        for image in accumulator.Images(tag)
+    ]
 
 
 @pytest.fixture(scope="module")
@@ -62,6 +76,47 @@ def test_event_files_hold_every_metric_tag(trained_run):
     expected = {"train/loss", "train/acc", "train/lr", "val/loss", "val/acc", "test/loss", "test/acc"}
     expected |= {f"{stage}/acc_{name}" for stage in ("val", "test") for name in CIFAR10_CLASSES}
     assert expected <= scalar_tags(run_dir)
+
+
+def test_event_files_hold_pictures_per_validation_epoch(trained_run):
+    _, run_dir = trained_run
+    val_steps = image_steps(run_dir, "val/confusion_matrix")
+    assert len(val_steps) == 3  # one per epoch, none from the sanity check
+    assert image_steps(run_dir, "val/predictions") == val_steps
+    assert len(image_steps(run_dir, "test/confusion_matrix")) == 1
+    assert "train/lr" in scalar_tags(run_dir)
+
+
+def test_event_files_hold_hparams_with_final_metrics(trained_run):
+    metrics, run_dir = trained_run
+    hparams = [a for a in read_events(run_dir) if _has_hparams(a)]
+    assert hparams, "no hparams entry"
+    accumulator = hparams[-1]
+    content = accumulator.PluginTagToContent("hparams")
+    assert "_hparams_/experiment" in content and "_hparams_/session_start_info" in content
+    experiment = content["_hparams_/experiment"].decode(errors="ignore")
+    assert "hp/test_acc" in experiment and "hp/val_acc" in experiment
+    start = content["_hparams_/session_start_info"].decode(errors="ignore")
+    assert "recipe" in start and "lr" in start
+    test_acc = [
+        e.value for a in read_events(run_dir) if "hp/test_acc" in a.Tags()["scalars"] for e in a.Scalars("hp/test_acc")
+    ]
+    assert test_acc == [pytest.approx(metrics["test/acc"])]
+
+
+def _has_hparams(accumulator: EventAccumulator) -> bool:
+    try:
+        accumulator.PluginTagToContent("hparams")
+    except KeyError:
+        return False
+    return True
+
+
+def test_model_graph_is_logged(trained_run):
+    _, run_dir = trained_run
+    graphs = [accumulator.Graph() for accumulator in read_events(run_dir) if accumulator.Tags()["graph"]]
+    assert graphs
+    assert any("conv1" in node.name for node in graphs[0].node)
 
 
 def test_same_seed_gives_identical_results(trained_run, cifar_archive, tmp_path):
@@ -101,7 +156,9 @@ def test_evaluate_reproduces_the_training_test_accuracy(trained_run, capsys):
     metrics, run_dir = trained_run
     best = next((run_dir / "checkpoints").glob("best-*.ckpt"))
     (run_dir / "test_metrics.json").unlink()
+    (run_dir / "confusion_matrix.png").unlink()
     evaluated = main(["--evaluate", "--ckpt-path", str(best)])
+    assert (run_dir / "confusion_matrix.png").stat().st_size > 1000
     assert evaluated == pytest.approx(metrics)
     assert json.loads((run_dir / "test_metrics.json").read_text()) == pytest.approx(metrics)
     out = capsys.readouterr().out

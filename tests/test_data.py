@@ -6,7 +6,7 @@ import pytest
 import torch
 from PIL import Image
 
-from lenet_lightning import CIFAR10_CLASSES, CIFAR10_MEAN, CIFAR10_STD, CIFAR10DataModule, sources
+from lenet_lightning import CIFAR10_CLASSES, CIFAR10_MEAN, CIFAR10_STD, CIFAR10DataModule, LeNet5, sources
 from lenet_lightning.batches import EpochShardSampler, TensorBatchLoader, augment
 from lenet_lightning.errors import UserError
 from tests.conftest import synthetic_images
@@ -216,3 +216,33 @@ def test_augment_is_a_flip_plus_a_zero_padded_crop():
         flips += matches[0][0]
     assert 70 < flips < 130
     assert torch.equal(augment(images, False, 0, torch.Generator()), images)
+
+
+def test_plain_pytorch_loop_as_in_the_readme(cifar_archive):
+    """The README's recipe for using the DataModule without Lightning."""
+    torch.manual_seed(0)
+    dm = CIFAR10DataModule(str(cifar_archive), batch_size=50, val_size=100)
+    dm.prepare_data()
+    dm.setup("fit")
+    net = LeNet5()
+    optimizer = torch.optim.SGD(net.parameters(), lr=0.01, momentum=0.9)
+    loader = dm.train_dataloader()
+    first_epoch_order = None
+    losses = []
+    for epoch in range(4):
+        loader.sampler.set_epoch(epoch)
+        for batch in loader:
+            assert batch[0].dtype == torch.uint8
+            images, labels = dm.transform_batch(batch, train=True)
+            assert images.dtype == torch.float32
+            loss = torch.nn.functional.cross_entropy(net(images), labels)
+            optimizer.zero_grad()
+            loss.backward()
+            optimizer.step()
+            losses.append(loss.item())
+        order = loader.sampler.shard()
+        assert first_epoch_order is None or not torch.equal(order, first_epoch_order)
+        first_epoch_order = order
+    assert sum(losses[-5:]) / 5 < sum(losses[:5]) / 5 - 0.3
+    val_images, _ = dm.transform_batch(next(iter(dm.val_dataloader())))
+    assert abs(val_images.mean().item()) < 1.0

@@ -1,0 +1,159 @@
+"""Pictures for TensorBoard and reports: confusion matrix and prediction grid.
+
+Drawn with matplotlib's non-interactive Agg backend (no display needed), small
+and without layout passes, so they cost little per epoch.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+
+import matplotlib
+
+matplotlib.use("Agg")  # before pyplot: no display, no GUI event loop
+
+import lightning as L
+import matplotlib.pyplot as plt
+import torch
+from lightning.pytorch.callbacks import Callback
+from lightning.pytorch.loggers import TensorBoardLogger
+from matplotlib.figure import Figure
+from torch import Tensor
+
+from lenet_lightning.module import LeNetClassifier
+
+CORRECT_COLOUR = "#1a7f37"
+WRONG_COLOUR = "#d1242f"
+CORRECT_RGB = (26, 127, 55)
+WRONG_RGB = (209, 36, 47)
+
+
+def confusion_figure(confusion: Tensor, class_names: Sequence[str], title: str) -> Figure:
+    """The confusion matrix normalised per true class (cells: % of the row), names on both axes."""
+    counts = confusion.double()
+    rates = counts / counts.sum(dim=1, keepdim=True).clamp(min=1)
+    figure, axes = plt.subplots(figsize=(5.6, 5.2), dpi=80)
+    axes.imshow(rates.numpy(), cmap="Blues", vmin=0.0, vmax=1.0)
+    ticks = range(len(class_names))
+    axes.set_xticks(ticks, class_names, rotation=45, ha="right")
+    axes.set_yticks(ticks, class_names)
+    axes.set_xlabel("predicted class")
+    axes.set_ylabel("true class")
+    axes.set_title(title)
+    for row in ticks:
+        for col in ticks:
+            value = rates[row, col].item()
+            colour = "white" if value > 0.5 else "black"
+            axes.text(col, row, f"{100 * value:.0f}", ha="center", va="center", fontsize=7, color=colour)
+    figure.subplots_adjust(left=0.2, bottom=0.2, right=0.97, top=0.93)
+    return figure
+
+
+def prediction_figure(
+    images: Tensor, targets: Tensor, preds: Tensor, class_names: Sequence[str], columns: int = 8
+) -> Figure:
+    """A grid of ``uint8`` images, each captioned with true and predicted class.
+
+    Wrong predictions get a red frame and a red caption, right ones green. One
+    axes and one image (not a subplot per picture) keep it cheap to draw.
+    """
+    scale, frame, caption = 3, 3, 26  # pixels: upscaling, frame width, caption height
+    size = images.shape[-1] * scale
+    cell_w, cell_h = size + 2 * frame, size + 2 * frame + caption
+    rows = -(-len(images) // columns)
+    canvas = torch.full((rows * cell_h, columns * cell_w, 3), 255, dtype=torch.uint8)
+    figure = plt.figure(figsize=(columns * cell_w / 100, rows * cell_h / 100), dpi=100)
+    axes = figure.add_axes((0, 0, 1, 1))
+    axes.set_axis_off()
+    for index, (image, target, pred) in enumerate(zip(images, targets.tolist(), preds.tolist(), strict=True)):
+        top, left = (index // columns) * cell_h + caption, (index % columns) * cell_w
+        colour = WRONG_RGB if target != pred else CORRECT_RGB
+        canvas[top : top + size + 2 * frame, left : left + cell_w] = torch.tensor(colour, dtype=torch.uint8)
+        pixels = image.permute(1, 2, 0).repeat_interleave(scale, 0).repeat_interleave(scale, 1)
+        canvas[top + frame : top + frame + size, left + frame : left + frame + size] = pixels
+        mark = "x " if target != pred else ""
+        axes.text(
+            left + cell_w / 2,
+            top - 2,
+            f"{class_names[target]}\n{mark}{class_names[pred]}",
+            ha="center",
+            va="bottom",
+            fontsize=7,
+            linespacing=1.0,
+            color=WRONG_COLOUR if target != pred else CORRECT_COLOUR,
+        )
+    axes.imshow(canvas.numpy(), interpolation="nearest")
+    return figure
+
+
+def save_figure(figure: Figure, path: str) -> None:
+    """Write ``figure`` as a PNG file and free it."""
+    figure.savefig(path)
+    plt.close(figure)
+
+
+def classifier(pl_module: L.LightningModule) -> LeNetClassifier:
+    if not isinstance(pl_module, LeNetClassifier):
+        raise TypeError(f"TensorBoardPictures needs a LeNetClassifier, got {type(pl_module).__name__}")
+    return pl_module
+
+
+class TensorBoardPictures(Callback):
+    """Each validation epoch: confusion matrix and a prediction grid; after testing: the test confusion matrix.
+
+    The grid always shows the same validation images (the first ``num_images`` of
+    this process's validation shard, which is never shuffled), so epochs compare.
+    It needs the ``LeNetClassifier`` (for ``confusion``) and the ``CIFAR10DataModule``
+    (for ``mean``/``std``, to show the images as they are).
+    """
+
+    def __init__(self, num_images: int = 32) -> None:
+        self.num_images = num_images
+        self._grid: tuple[Tensor, Tensor, Tensor] | None = None
+
+    def on_validation_batch_end(
+        self,
+        trainer: L.Trainer,
+        pl_module: L.LightningModule,
+        outputs: object,
+        batch: tuple[Tensor, Tensor],
+        batch_idx: int,
+        dataloader_idx: int = 0,
+    ) -> None:
+        if batch_idx != 0 or trainer.sanity_checking or not trainer.is_global_zero:
+            return
+        images, targets = batch[0][: self.num_images], batch[1][: self.num_images]
+        with torch.no_grad():
+            preds = pl_module(images).argmax(dim=1)
+        datamodule = trainer.datamodule  # type: ignore[attr-defined]
+        mean = torch.tensor(datamodule.mean, device=images.device).view(1, -1, 1, 1)
+        std = torch.tensor(datamodule.std, device=images.device).view(1, -1, 1, 1)
+        pixels = (images.float() * std + mean).mul(255).round().clamp(0, 255).byte()
+        self._grid = (pixels.cpu(), targets.cpu(), preds.cpu())
+
+    def on_validation_end(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
+        if trainer.sanity_checking or not trainer.is_global_zero:
+            return
+        step = trainer.global_step
+        self._add(trainer, "val/confusion_matrix", self._confusion(pl_module, "val", trainer.current_epoch), step)
+        if self._grid is not None:
+            self._add(
+                trainer, "val/predictions", prediction_figure(*self._grid, classifier(pl_module).class_names), step
+            )
+
+    def on_test_end(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
+        if trainer.is_global_zero:
+            self._add(trainer, "test/confusion_matrix", self._confusion(pl_module, "test"), trainer.global_step)
+
+    @staticmethod
+    def _confusion(pl_module: L.LightningModule, stage: str, epoch: int | None = None) -> Figure:
+        title = f"{stage} confusion matrix (% of true class)" + (f", epoch {epoch}" if epoch is not None else "")
+        model = classifier(pl_module)
+        return confusion_figure(model.confusion[stage], model.class_names, title)
+
+    @staticmethod
+    def _add(trainer: L.Trainer, tag: str, figure: Figure, step: int) -> None:
+        for logger in trainer.loggers:
+            if isinstance(logger, TensorBoardLogger):
+                logger.experiment.add_figure(tag, figure, global_step=step, close=False)
+        plt.close(figure)
