@@ -111,24 +111,37 @@ class CIFAR10DataModule(L.LightningDataModule):
         self.train_split: Split | None = None
         self.val_split: Split | None = None
         self.test_split: Split | None = None
+        self._prepared: dict[bool, Split] = {}  # splits prepare_data loaded, by train=True/False
         self._fallback_generators: dict[torch.device, torch.Generator] = {}
 
     def prepare_data(self) -> None:
-        """Download when needed, and decode image folders into the cache (one process per node)."""
+        """Download when needed, and decode image folders into the cache (one process per node).
+
+        The image-folder splits it loads are kept for :meth:`setup` in this process, so that a
+        run lists, fingerprints and reads each folder once, not once here and again in ``setup``
+        (other processes of a multi-GPU run load theirs in ``setup``).
+        """
         if detect_source(self.data_dir) is None and (self.data_dir / ARCHIVE_NAME).is_file():
             unpack_local_archive(self.data_dir)  # put there by hand: no need to download it
         elif detect_source(self.data_dir) is None and self.download:
             download_archive(self.data_dir, self.download_url)
         for train in (True, False):
-            if detect_source(self.data_dir) == "folder" and (self.data_dir / self._folder(train)).is_dir():
-                load_split(self.data_dir, train, self.cache_dir)
+            loaded = (self.train_split if train else self.test_split) is not None or train in self._prepared
+            folder = detect_source(self.data_dir) == "folder" and (self.data_dir / self._folder(train)).is_dir()
+            if folder and not loaded:
+                self._prepared[train] = load_split(self.data_dir, train, self.cache_dir)
 
     def setup(self, stage: str | None = None) -> None:
         """Load the splits ``stage`` needs: fit/validate use train+val, test/predict use test."""
         if stage in (None, "fit", "validate") and self.train_split is None:
-            self.train_split, self.val_split = self._split_train(load_split(self.data_dir, True, self.cache_dir))
+            self.train_split, self.val_split = self._split_train(self._load(train=True))
         if stage in (None, "test", "predict") and self.test_split is None:
-            self.test_split = load_split(self.data_dir, False, self.cache_dir)
+            self.test_split = self._load(train=False)
+
+    def _load(self, train: bool) -> Split:
+        """The split prepare_data loaded in this process, else loaded now."""
+        prepared = self._prepared.pop(train, None)
+        return prepared if prepared is not None else load_split(self.data_dir, train, self.cache_dir)
 
     def train_dataloader(self) -> TensorBatchLoader:
         return self._loader(self._require(self.train_split, "fit"), train=True)

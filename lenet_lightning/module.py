@@ -50,7 +50,7 @@ class LeNetClassifier(L.LightningModule):
         self,
         class_names: Sequence[str] | None = None,
         optimizer: str = "sgd",
-        lr: float = 0.05,
+        lr: float = 0.1,
         momentum: float = 0.9,
         nesterov: bool = True,
         weight_decay: float = 5e-4,
@@ -79,13 +79,6 @@ class LeNetClassifier(L.LightningModule):
     def forward(self, images: Tensor) -> Tensor:
         return self.net(images)
 
-    def training_step(self, batch: Batch, batch_idx: int) -> Tensor:
-        return self._shared_step(batch, "train")
-
-    def on_train_epoch_end(self) -> None:
-        # Lightning computes the metric (over all processes) for the log, then resets it.
-        self.log("train/acc", self.train_acc, prog_bar=True)
-
     def on_train_start(self) -> None:
         # configure_optimizers reads trainer.estimated_stepping_batches, which makes Lightning build the
         # train loader before it restores a checkpoint's loop state; it then never hands the loader its
@@ -94,11 +87,18 @@ class LeNetClassifier(L.LightningModule):
         # resuming mid-epoch).
         self.trainer.fit_loop._load_combined_loader_states()
 
-    def on_validation_epoch_end(self) -> None:
-        self._log_epoch_end("val")
+    def training_step(self, batch: Batch, batch_idx: int) -> Tensor:
+        return self._shared_step(batch, "train")
+
+    def on_train_epoch_end(self) -> None:
+        # Lightning computes the metric (over all processes) for the log, then resets it.
+        self.log("train/acc", self.train_acc, prog_bar=True)
 
     def validation_step(self, batch: Batch, batch_idx: int) -> None:
         self._shared_step(batch, "val")
+
+    def on_validation_epoch_end(self) -> None:
+        self._log_epoch_end("val")
 
     def test_step(self, batch: Batch, batch_idx: int) -> None:
         self._shared_step(batch, "test")

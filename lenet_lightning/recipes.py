@@ -6,12 +6,14 @@ A flag given on the command line always wins over the recipe's value.
 from typing import Any
 
 RECIPES: dict[str, dict[str, Any]] = {
-    # Chosen on the validation split (see README, "Results"): exact LeNet-5, 30 epochs.
+    # Exact LeNet-5, 30 epochs. Peak lr chosen on the validation split (5,000 images held
+    # out of the training images, never the test split): 0.02 / 0.05 / 0.1 / 0.2 gave
+    # 68.9 / 72.3 / 72.8 / (61.1 at epoch 19 of 30, stopped) % val accuracy.
     "default": {
         "max_epochs": 30,
         "batch_size": 256,
         "optimizer": "sgd",
-        "lr": 0.05,
+        "lr": 0.1,
         "momentum": 0.9,
         "nesterov": True,
         "weight_decay": 5e-4,

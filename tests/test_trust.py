@@ -195,7 +195,20 @@ def test_every_rank_gets_the_same_val_split_and_evaluation_sees_each_image_once(
 def test_ddp_on_two_cpu_processes_tests_exactly_like_one_process(cifar_archive, tmp_path, capsys):
     logs = tmp_path / "logs"
     flags = ["--data-dir", cifar_archive, "--log-dir", logs, "--accelerator", "cpu", "--devices", "2"]
-    flags += ["--strategy", "ddp", "--max-epochs", "1", "--batch-size", "8", "--val-size", "100", "--seed", "1"]
+    flags += [
+        "--strategy",
+        "ddp",
+        "--max-epochs",
+        "1",
+        "--batch-size",
+        "8",
+        "--val-size",
+        "100",
+        "--seed",
+        "1",
+        "--lr",
+        "0.05",
+    ]
     done = subprocess.run(train_py(*flags), capture_output=True, text=True, timeout=180, cwd=tmp_path)
     assert done.returncode == 0, done.stderr[-3000:]
     assert "Traceback" not in done.stderr
