@@ -70,8 +70,7 @@ from lightning.pytorch.callbacks import Callback
 from PIL import Image
 from torch import Tensor
 from torch.nn import functional as F
-from torch.optim import SGD, AdamW, Optimizer
-from torch.optim.lr_scheduler import LambdaLR, LRScheduler, OneCycleLR
+from torch.optim import Optimizer
 from torch.utils.data import DataLoader, Dataset
 from torchvision import transforms
 
@@ -87,7 +86,7 @@ from lenet_lightning.cli import (
 )
 from lenet_lightning.data import NORMALIZATIONS, CIFAR10DataModule
 from lenet_lightning.model import LeNet5
-from lenet_lightning.module import LeNetClassifier, warmup_cosine
+from lenet_lightning.module import LeNetClassifier, build_optimizer, build_scheduler
 from lenet_lightning.recipes import RECIPES
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -295,31 +294,8 @@ def train_loop(case: Case, batches: Iterator[Any], prepare: Callable[[Any], tupl
 
 def make_optimizer(model: torch.nn.Module, settings: dict[str, Any], total_steps: int) -> tuple[Optimizer, Any]:
     """The optimizer and per-step schedule ``LeNetClassifier.configure_optimizers`` makes from ``settings``."""
-    optimizer: Optimizer
-    if settings["optimizer"] == "adamw":
-        optimizer = AdamW(model.parameters(), lr=settings["lr"], weight_decay=settings["weight_decay"])
-    else:
-        nesterov = settings["nesterov"] and settings["momentum"] > 0
-        optimizer = SGD(
-            model.parameters(),
-            lr=settings["lr"],
-            momentum=settings["momentum"],
-            nesterov=nesterov,
-            weight_decay=settings["weight_decay"],
-        )
-    scheduler: LRScheduler | None = None
-    if settings["scheduler"] == "onecycle":
-        scheduler = OneCycleLR(
-            optimizer,
-            max_lr=settings["lr"],
-            total_steps=total_steps,
-            pct_start=settings["warmup_fraction"],
-            cycle_momentum=False,
-        )
-    elif settings["scheduler"] == "cosine":
-        warmup = max(1, round(settings["warmup_fraction"] * total_steps))
-        scheduler = LambdaLR(optimizer, lambda step: warmup_cosine(step, warmup, total_steps))
-    return optimizer, scheduler
+    optimizer = build_optimizer(model.parameters(), settings)
+    return optimizer, build_scheduler(optimizer, settings, total_steps)
 
 
 def tutorial_transform(settings: dict[str, Any]) -> transforms.Compose:

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import math
-from collections.abc import Sequence
+from collections.abc import Iterable, Mapping, Sequence
 from typing import Any
 
 import lightning as L
@@ -50,7 +50,7 @@ class LeNetClassifier(L.LightningModule):
         self,
         class_names: Sequence[str] | None = None,
         optimizer: str = "sgd",
-        lr: float = 0.1,
+        lr: float = 0.05,
         momentum: float = 0.9,
         nesterov: bool = True,
         weight_decay: float = 5e-4,
@@ -111,8 +111,8 @@ class LeNetClassifier(L.LightningModule):
         return self(batch[0]).softmax(dim=1)
 
     def configure_optimizers(self) -> Any:
-        optimizer = self._build_optimizer()
-        scheduler = self._build_scheduler(optimizer, int(self.trainer.estimated_stepping_batches))
+        optimizer = build_optimizer(self.parameters(), self.hparams)
+        scheduler = build_scheduler(optimizer, self.hparams, int(self.trainer.estimated_stepping_batches))
         if scheduler is None:
             return optimizer
         return {"optimizer": optimizer, "lr_scheduler": {"scheduler": scheduler, "interval": "step"}}
@@ -162,33 +162,35 @@ class LeNetClassifier(L.LightningModule):
         per_class.reset()
         confmat.reset()
 
-    def _build_optimizer(self) -> Optimizer:
-        hp = self.hparams
-        if hp["optimizer"] == "adamw":
-            return AdamW(self.parameters(), lr=hp["lr"], weight_decay=hp["weight_decay"])
-        return SGD(
-            self.parameters(),
-            lr=hp["lr"],
-            momentum=hp["momentum"],
-            nesterov=hp["nesterov"] and hp["momentum"] > 0,
-            weight_decay=hp["weight_decay"],
-        )
 
-    def _build_scheduler(self, optimizer: Optimizer, total_steps: int) -> LRScheduler | None:
-        hp = self.hparams
-        if hp["scheduler"] == "onecycle":
-            # Momentum stays what --momentum says: cycling it would make that flag a lie.
-            return OneCycleLR(
-                optimizer,
-                max_lr=hp["lr"],
-                total_steps=total_steps,
-                pct_start=hp["warmup_fraction"],
-                cycle_momentum=False,
-            )
-        if hp["scheduler"] == "cosine":
-            warmup = max(1, round(hp["warmup_fraction"] * total_steps))
-            return LambdaLR(optimizer, lambda step: warmup_cosine(step, warmup, total_steps))
-        return None
+def build_optimizer(parameters: Iterable[Tensor], recipe: Mapping[str, Any]) -> Optimizer:
+    """The optimizer a recipe names (keys as in ``LeNetClassifier``'s arguments)."""
+    if recipe["optimizer"] == "adamw":
+        return AdamW(parameters, lr=recipe["lr"], weight_decay=recipe["weight_decay"])
+    return SGD(
+        parameters,
+        lr=recipe["lr"],
+        momentum=recipe["momentum"],
+        nesterov=recipe["nesterov"] and recipe["momentum"] > 0,
+        weight_decay=recipe["weight_decay"],
+    )
+
+
+def build_scheduler(optimizer: Optimizer, recipe: Mapping[str, Any], total_steps: int) -> LRScheduler | None:
+    """The per-step learning-rate schedule a recipe names, over ``total_steps`` steps."""
+    if recipe["scheduler"] == "onecycle":
+        # Momentum stays what --momentum says: cycling it would make that flag a lie.
+        return OneCycleLR(
+            optimizer,
+            max_lr=recipe["lr"],
+            total_steps=total_steps,
+            pct_start=recipe["warmup_fraction"],
+            cycle_momentum=False,
+        )
+    if recipe["scheduler"] == "cosine":
+        warmup = max(1, round(recipe["warmup_fraction"] * total_steps))
+        return LambdaLR(optimizer, lambda step: warmup_cosine(step, warmup, total_steps))
+    return None
 
 
 def warmup_cosine(step: int, warmup_steps: int, total_steps: int) -> float:
