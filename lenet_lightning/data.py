@@ -121,14 +121,16 @@ class CIFAR10DataModule(L.LightningDataModule):
         run lists, fingerprints and reads each folder once, not once here and again in ``setup``
         (other processes of a multi-GPU run load theirs in ``setup``).
         """
-        if detect_source(self.data_dir) is None and (self.data_dir / ARCHIVE_NAME).is_file():
+        source = detect_source(self.data_dir)
+        if source is None and (self.data_dir / ARCHIVE_NAME).is_file():
             unpack_local_archive(self.data_dir)  # put there by hand: no need to download it
-        elif detect_source(self.data_dir) is None and self.download:
+        elif source is None and self.download:
             download_archive(self.data_dir, self.download_url)
+        if source != "folder":
+            return
         for train in (True, False):
             loaded = (self.train_split if train else self.test_split) is not None or train in self._prepared
-            folder = detect_source(self.data_dir) == "folder" and (self.data_dir / self._folder(train)).is_dir()
-            if folder and not loaded:
+            if (self.data_dir / self._folder(train)).is_dir() and not loaded:
                 self._prepared[train] = load_split(self.data_dir, train, self.cache_dir)
 
     def setup(self, stage: str | None = None) -> None:
