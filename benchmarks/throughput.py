@@ -8,7 +8,7 @@ model (LeNet-5), batch size, loss, optimizer and learning-rate schedule:
     TensorBoard logging every 50 steps, ``deterministic=True``, checkpointing on;
     only validation is off (``limit_val_batches=0``), so only training is timed;
 (b) a plain PyTorch loop: the same ``LeNet5``, the DataModule's own train loader
-    and ``transform_batch(batch, train=True)``, no Lightning;
+    (which yields augmented, normalised float batches), no Lightning;
 (c) the PyTorch tutorial's pipeline: a dataset that turns each image into a PIL
     image (as ``torchvision.datasets.CIFAR10`` does) with per-image transforms
     ``Compose([ToTensor(), Normalize(...)])`` in ``DataLoader(shuffle=True,
@@ -74,26 +74,19 @@ from torch.optim import Optimizer
 from torch.utils.data import DataLoader, Dataset
 from torchvision import transforms
 
-from lenet_lightning.cli import (
-    MODEL_KEYS,
-    build_datamodule,
-    build_logger,
-    build_parser,
-    build_trainer,
-    check_hardware,
-    configure_console,
-    resolve_settings,
-)
+from lenet_lightning.cli import build_parser
 from lenet_lightning.data import NORMALIZATIONS, CIFAR10DataModule
+from lenet_lightning.experiment import build_datamodule, build_logger, build_model, build_trainer, quiet_console
 from lenet_lightning.model import LeNet5
-from lenet_lightning.module import LeNetClassifier, build_optimizer, build_scheduler
-from lenet_lightning.recipes import RECIPES
+from lenet_lightning.module import build_optimizer, build_scheduler
+from lenet_lightning.runs import claim_run_dir
+from lenet_lightning.settings import RECIPES, check_hardware, resolve_settings
 
 ROOT = Path(__file__).resolve().parents[1]
 TUTORIAL_WORKERS = 2  # the tutorial's DataLoader(num_workers=2)
 SWEEP_WORKERS = (1, 2)  # loader worker counts timed for (a) besides the default 0
 GIB = 1024**3
-# Targets of the issue: (batch size, ratio, minimum) for throughput, then memory and loading.
+# Targets: (batch size, ratio, minimum) for throughput, then memory and loading.
 RATIO_TARGETS = ((256, "a/b", 0.95), (4, "a/c", 1.5))
 MAX_RSS_GIB = 2.0
 MAX_WARM_LOAD_S = 2.0
@@ -219,12 +212,13 @@ def run_lightning(case: Case, num_workers: int = 0) -> Timing:
     """(a): what ``train.py`` runs (``cli.train``), on ``warmup + steps`` batches, validation off."""
     settings = case.settings
     L.seed_everything(settings["seed"], workers=True, verbose=False)
-    model = LeNetClassifier(**{key: settings[key] for key in MODEL_KEYS})
+    model = build_model(settings, case.datamodule.classes)
     timer = StepTimer(case.warmup, case.device)
     # The Trainer's deterministic=True is set globally: keep it from reaching (b) and (c).
     deterministic = torch.are_deterministic_algorithms_enabled()
     try:
-        trainer = build_trainer(settings, build_logger(settings, None), fast_dev_run=False, extra_callbacks=[timer])
+        run_dir = claim_run_dir(Path(settings["log_dir"]) / settings["name"])
+        trainer = build_trainer(settings, build_logger(run_dir), run_dir, fast_dev_run=False, extra_callbacks=[timer])
         trainer.limit_train_batches = case.warmup + case.steps
         trainer.limit_val_batches = 0
         trainer.fit(model, datamodule=datamodule_with_workers(case, num_workers))
@@ -243,14 +237,13 @@ def datamodule_with_workers(case: Case, num_workers: int) -> CIFAR10DataModule:
 
 
 def run_plain(case: Case) -> Timing:
-    """(b): the DataModule's own train loader and batch transforms in a plain loop."""
+    """(b): the DataModule's own train loader (model-ready batches) in a plain loop."""
     datamodule, device = case.datamodule, case.device
     loader = datamodule.train_dataloader()
     loader.sampler.set_epoch(0)
 
     def prepare(batch: Any) -> tuple[Tensor, Tensor]:
-        moved = (batch[0].to(device, non_blocking=True), batch[1].to(device, non_blocking=True), *batch[2:])
-        return datamodule.transform_batch(moved, train=True)
+        return batch[0].to(device, non_blocking=True), batch[1].to(device, non_blocking=True)
 
     return train_loop(case, iter(loader), prepare)
 
@@ -314,7 +307,7 @@ def tutorial_transform(settings: dict[str, Any]) -> transforms.Compose:
 
 def make_case(args: argparse.Namespace, batch_size: int, log_dir: Path) -> Case:
     """Resolve train.py's settings for this batch size and load the data once."""
-    settings = resolve_settings(build_parser().parse_args(train_argv(args, batch_size, log_dir)))
+    settings = resolve_settings(vars(build_parser().parse_args(train_argv(args, batch_size, log_dir))))
     check_hardware(settings)
     datamodule = build_datamodule(settings)
     datamodule.prepare_data()
@@ -446,7 +439,7 @@ def sweep_table(cases: Sequence[Case]) -> list[str]:
 
 
 def targets(cases: Sequence[Case], extras: dict[str, Any]) -> list[tuple[str, str, str]]:
-    """(target, measured, met) for each target of the issue."""
+    """(target, measured, met) for each speed, memory and loading target."""
     rows = []
     for batch_size, name, minimum in RATIO_TARGETS:
         case = next((c for c in cases if c.settings["batch_size"] == batch_size), None)
@@ -516,7 +509,7 @@ def notes(args: argparse.Namespace, cases: Sequence[Case]) -> list[str]:
         "logging every 50 steps, `deterministic=True`, checkpointing on (last.ckpt and best, written at the "
         "epoch's end, after the timed window); validation off (`limit_val_batches=0`).",
         "(b): the same LeNet5, optimizer, schedule and loss on the DataModule's train loader with "
-        "`transform_batch(batch, train=True)`; no Lightning. (c): each image as a PIL image through "
+        "model-ready batches; no Lightning. (c): each image as a PIL image through "
         "`transforms.Compose([ToTensor(), Normalize(...)])` (after `RandomHorizontalFlip` + `RandomCrop` when "
         f"the recipe augments) in `DataLoader(shuffle=True, num_workers={TUTORIAL_WORKERS})`; the loop of (b).",
     ]
@@ -583,7 +576,7 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
 
 def main(argv: Sequence[str] | None = None) -> None:
     args = parse_args(argv)
-    configure_console()
+    quiet_console()
     keep_freed_memory()
     # (a) has no validation, so the best-checkpoint callback has nothing to monitor.
     warnings.filterwarnings("ignore", message=".*could not find the monitored key.*")

@@ -6,4 +6,4 @@ from lenet_lightning.module import LeNetClassifier
 from lenet_lightning.sources import CIFAR10_CLASSES
 
 __all__ = ["CIFAR10_CLASSES", "CIFAR10_MEAN", "CIFAR10_STD", "CIFAR10DataModule", "LeNet5", "LeNetClassifier"]
-__version__ = "0.1.0"
+__version__ = "0.2.0"

@@ -1,34 +1,31 @@
-"""Batches straight from in-memory tensors, and transforms that work on whole batches.
+"""Batches straight from in-memory tensors, transformed as whole batches.
 
-A ``TensorBatchLoader`` slices batches out of one ``uint8`` image tensor: no
-per-image Python work, no worker processes to feed. Its order depends only on
-``(seed, epoch)`` and it can resume in the middle of an epoch, which is what
-makes an interrupted run end exactly like an uninterrupted one.
-
-The batch transforms (flip, translate, normalise) run on whatever device the
-batch is on, with randomness drawn from a generator seeded per batch.
+A ``TensorBatchLoader`` slices batches out of one ``uint8`` image tensor (on the
+CPU, or on the GPU where the data set was moved) and turns each into
+model-ready ``(float images, int64 labels)``: no per-image Python work, no
+worker processes to feed. Its order depends only on ``(seed, epoch)`` and the
+augmentation of each batch only on ``(seed, epoch, rank, batch index)``, and it
+can resume in the middle of an epoch: an interrupted run ends exactly like an
+uninterrupted one.
 """
 
 from __future__ import annotations
 
 import functools
 import math
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass
 from typing import Any
 
 import torch
 from torch import Tensor
 from torch.nn import functional as F
 from torch.utils.data import DataLoader, Dataset
-from torch.utils.data._utils.pin_memory import pin_memory
 
-# A raw batch: uint8 images, int64 labels and, for training batches, the seed of
-# that batch's augmentation (a plain int, derived from seed, epoch, rank and index).
-RawBatch = tuple[Tensor, Tensor] | tuple[Tensor, Tensor, int]
-
-
-# What a sampler asks for: the batch's augmentation seed (None when not augmented)
-# and the indices of its images.
+Batch = tuple[Tensor, Tensor]
+# One's own augmentation: (uint8 images (B, 3, H, W), generator) -> images (uint8, or float on the 0-255 scale).
+Augmentation = Callable[[Tensor, torch.Generator], Tensor]
+# What a sampler asks for: the batch's augmentation seed (None: not augmented) and its image indices.
 BatchRequest = tuple[int | None, Tensor]
 
 
@@ -90,32 +87,58 @@ class EpochShardSampler:
                 yield seed, indices
 
 
-class TensorSlices(Dataset[RawBatch]):
-    """A map-style dataset whose items are whole batches: ``request -> raw batch``."""
+@dataclass(frozen=True)
+class BatchTransform:
+    """uint8 batch -> model-ready float batch: optional augmentation, then per-channel normalisation.
 
-    def __init__(self, images: Tensor, labels: Tensor) -> None:
+    Augmentation (``hflip``, ``translate``, then ``extra``) runs only for requests
+    that carry a seed (training batches), with a generator seeded by that seed on
+    the batch's own device. Picklable, so it also runs inside loader workers.
+    """
+
+    mean: tuple[float, ...]
+    std: tuple[float, ...]
+    hflip: bool = False
+    translate: int = 0
+    extra: Augmentation | None = None
+
+    def __call__(self, images: Tensor, seed: int | None) -> Tensor:
+        if seed is not None and (self.hflip or self.translate or self.extra):
+            generator = torch.Generator(device=images.device).manual_seed(seed)
+            if self.hflip or self.translate:
+                images = augment(images, self.hflip, self.translate, generator)
+            if self.extra is not None:
+                images = self.extra(images, generator)
+        return normalize(images, self.mean, self.std)
+
+
+class TensorSlices(Dataset[Batch]):
+    """A map-style dataset whose items are whole batches: ``request -> (float images, labels)``."""
+
+    def __init__(self, images: Tensor, labels: Tensor, transform: BatchTransform) -> None:
         self.images = images
         self.labels = labels
+        self.transform = transform
 
     def __len__(self) -> int:
         return len(self.labels)
 
-    def __getitem__(self, request: BatchRequest) -> RawBatch:
+    def __getitem__(self, request: BatchRequest) -> Batch:
         seed, indices = request
-        if seed is None:
-            return self.images[indices], self.labels[indices]
-        return self.images[indices], self.labels[indices], seed
+        indices = indices.to(self.images.device, non_blocking=True)
+        return self.transform(self.images[indices], seed), self.labels[indices]
 
 
 class TensorBatchLoader:
-    """An iterable of raw batches sliced from in-memory tensors.
+    """An iterable of model-ready ``(images, labels)`` batches sliced from in-memory tensors.
 
     With ``num_workers=0`` (the default, chosen by measurement: see README) each
-    batch is one indexing operation in the main process. With ``num_workers > 0``
-    the same requests go to a persistent-worker ``DataLoader``. Either way the
-    loader itself is not a ``DataLoader``, so Lightning leaves it alone (no sampler
-    replacement under DDP), and it is *stateful* (``state_dict`` /
-    ``load_state_dict``), so Lightning can resume it in the middle of an epoch.
+    batch is one indexing operation plus the batch transform, in the main process
+    and on the device the data live on. With ``num_workers > 0`` the same requests
+    go to a persistent-worker ``DataLoader``. Either way the loader itself is not a
+    ``DataLoader``, so Lightning leaves it alone (no sampler replacement under DDP),
+    and it is *stateful* (``state_dict`` / ``load_state_dict``), so Lightning can
+    resume it in the middle of an epoch.
     """
 
     # Like a DataLoader built with batch_size=None: Lightning inspects these
@@ -127,32 +150,34 @@ class TensorBatchLoader:
         images: Tensor,
         labels: Tensor,
         sampler: EpochShardSampler,
+        transform: BatchTransform,
         num_workers: int = 0,
         pin_memory: bool = False,
     ) -> None:
-        self.dataset = TensorSlices(images, labels)
+        self.dataset = TensorSlices(images, labels, transform)
         self.sampler = sampler
+        self.batch_size = sampler.batch_size
         self.num_workers = num_workers
-        # Only CUDA has page-locked memory: without it, pinning raises (a DataLoader warns and skips it).
-        self.pin_memory = pin_memory and torch.cuda.is_available()
+        # Page-locked memory only helps copies from the CPU to a CUDA device.
+        self.pin_memory = pin_memory and torch.cuda.is_available() and images.device.type == "cpu"
         self._position = 0
-        self._workers: DataLoader[RawBatch] | None = None
+        self._workers: DataLoader[Batch] | None = None
 
     def __len__(self) -> int:
         return len(self.sampler)
 
-    def __iter__(self) -> Iterator[RawBatch]:
+    def __iter__(self) -> Iterator[Batch]:
         self._position = self.sampler.start
         for batch in self._batches():
             self._position += 1
             yield batch
         self._position = 0
 
-    def _batches(self) -> Iterator[RawBatch]:
+    def _batches(self) -> Iterator[Batch]:
         if self.num_workers == 0:
             for request in self.sampler:
-                batch = self.dataset[request]
-                yield pin_memory(batch) if self.pin_memory else batch
+                images, labels = self.dataset[request]
+                yield (images.pin_memory(), labels.pin_memory()) if self.pin_memory else (images, labels)
             return
         if self._workers is None:
             self._workers = DataLoader(
@@ -208,11 +233,17 @@ def augment(images: Tensor, hflip: bool, max_shift: int, generator: torch.Genera
 
 
 def normalize(images: Tensor, mean: tuple[float, ...], std: tuple[float, ...]) -> Tensor:
-    """uint8 ``(B, 3, H, W)`` to float32, scaled to [0, 1] then standardised per channel."""
+    """Images on the 0-255 scale (uint8 or float) to float32, scaled to [0, 1] then standardised per channel."""
     scale, shift = _affine(tuple(mean), tuple(std), images.device)
     # In place on the new float tensor: a third of the time of addcmul(shift, x, scale),
     # which broadcasts its small first operand slowly on CPU (benchmarks/throughput.py).
-    return images.float().mul_(scale).add_(shift)
+    return images.to(torch.float32, copy=True).mul_(scale).add_(shift)
+
+
+def denormalize(images: Tensor, mean: tuple[float, ...], std: tuple[float, ...]) -> Tensor:
+    """The inverse of :func:`normalize`, back to ``uint8`` pixels (for pictures)."""
+    scale, shift = _affine(tuple(mean), tuple(std), images.device)
+    return ((images.float() - shift) / scale).round().clamp(0, 255).to(torch.uint8)
 
 
 @functools.cache

@@ -13,10 +13,10 @@ from torch.nn import functional as F
 from torch.optim import SGD, AdamW, Optimizer
 from torch.optim.lr_scheduler import LambdaLR, LRScheduler, OneCycleLR
 from torchmetrics.classification import MulticlassAccuracy, MulticlassConfusionMatrix
+from typing_extensions import override
 
 from lenet_lightning.errors import UserError
 from lenet_lightning.model import LeNet5
-from lenet_lightning.sources import CIFAR10_CLASSES
 
 OPTIMIZERS = ("sgd", "adamw")
 SCHEDULERS = ("onecycle", "cosine", "none")
@@ -33,7 +33,9 @@ class LeNetClassifier(L.LightningModule):
     rows = true class) is kept in ``self.confusion[stage]`` for reports and pictures.
 
     Args:
-        class_names: one name per class, used in metric names (default: CIFAR-10).
+        class_names: one name per class, used in metric names. ``None``: the
+            DataModule's ``classes`` when training with one, else ``class_0`` ... .
+        num_classes: number of classes when ``class_names`` is not given.
         optimizer: ``"sgd"`` or ``"adamw"``.
         lr: peak learning rate (the constant one with ``scheduler="none"``).
         momentum: SGD momentum (ignored by AdamW).
@@ -49,6 +51,7 @@ class LeNetClassifier(L.LightningModule):
     def __init__(
         self,
         class_names: Sequence[str] | None = None,
+        num_classes: int = 10,
         optimizer: str = "sgd",
         lr: float = 0.05,
         momentum: float = 0.9,
@@ -61,8 +64,8 @@ class LeNetClassifier(L.LightningModule):
         super().__init__()
         validate_recipe(optimizer, lr, momentum, weight_decay, label_smoothing, scheduler, warmup_fraction)
         self.save_hyperparameters()
-        self.class_names = tuple(class_names or CIFAR10_CLASSES)
-        num_classes = len(self.class_names)
+        num_classes = len(class_names) if class_names else num_classes
+        self.class_names = tuple(class_names or (f"class_{i}" for i in range(num_classes)))
         self.net = LeNet5(num_classes)
         self.example_input_array = torch.zeros(1, 3, 32, 32)
         # One metric instance per stage and purpose: states never mix between stages.
@@ -76,46 +79,68 @@ class LeNetClassifier(L.LightningModule):
         self.test_confmat = MulticlassConfusionMatrix(num_classes)
         self.confusion: dict[str, Tensor] = {}
 
+    @override
     def forward(self, images: Tensor) -> Tensor:
         return self.net(images)
 
-    def on_train_start(self) -> None:
-        # configure_optimizers reads trainer.estimated_stepping_batches, which makes Lightning build the
-        # train loader before it restores a checkpoint's loop state; it then never hands the loader its
-        # saved position (Lightning issue #20550), and a run resumed mid-epoch would replay that epoch
-        # from its first batch. Hand it over here, before the first batch is drawn (a no-op unless
-        # resuming mid-epoch).
-        self.trainer.fit_loop._load_combined_loader_states()
+    @override
+    def setup(self, stage: str) -> None:
+        """Take the DataModule's class names when none were given (metric names use them)."""
+        classes = getattr(self.trainer.datamodule, "classes", None)  # type: ignore[attr-defined]
+        if self.hparams["class_names"] is None and classes is not None and len(classes) == len(self.class_names):
+            self.class_names = tuple(classes)
 
+    @override
+    def configure_optimizers(self) -> Any:
+        optimizer = build_optimizer(self.parameters(), self.hparams)
+        scheduler = build_scheduler(optimizer, self.hparams, self._total_steps())
+        if scheduler is None:
+            return optimizer
+        return {"optimizer": optimizer, "lr_scheduler": {"scheduler": scheduler, "interval": "step"}}
+
+    @override
     def training_step(self, batch: Batch, batch_idx: int) -> Tensor:
         return self._shared_step(batch, "train")
 
+    @override
     def on_train_epoch_end(self) -> None:
         # Lightning computes the metric (over all processes) for the log, then resets it.
         self.log("train/acc", self.train_acc, prog_bar=True)
 
+    @override
     def validation_step(self, batch: Batch, batch_idx: int) -> None:
         self._shared_step(batch, "val")
 
+    @override
     def on_validation_epoch_end(self) -> None:
         self._log_epoch_end("val")
 
+    @override
     def test_step(self, batch: Batch, batch_idx: int) -> None:
         self._shared_step(batch, "test")
 
+    @override
     def on_test_epoch_end(self) -> None:
         self._log_epoch_end("test")
 
+    @override
     def predict_step(self, batch: Batch, batch_idx: int) -> Tensor:
-        """Class probabilities for the batch."""
+        """Class probabilities for the batch's images."""
         return self(batch[0]).softmax(dim=1)
 
-    def configure_optimizers(self) -> Any:
-        optimizer = build_optimizer(self.parameters(), self.hparams)
-        scheduler = build_scheduler(optimizer, self.hparams, int(self.trainer.estimated_stepping_batches))
-        if scheduler is None:
-            return optimizer
-        return {"optimizer": optimizer, "lr_scheduler": {"scheduler": scheduler, "interval": "step"}}
+    def _total_steps(self) -> int:
+        """Optimizer steps of the whole run, for the learning-rate schedule.
+
+        Asked of the DataModule (its size does not depend on loop state) rather than
+        ``trainer.estimated_stepping_batches``, which builds the training loader before a
+        checkpoint's loop state is restored, so a run resumed mid-epoch would replay that
+        epoch from its first batch (Lightning-AI/pytorch-lightning#20550). Other data sources fall back to it.
+        """
+        trainer = self.trainer
+        steps_per_epoch = getattr(trainer.datamodule, "train_batches_per_epoch", None)  # type: ignore[attr-defined]
+        if steps_per_epoch is None or trainer.max_epochs is None or trainer.accumulate_grad_batches != 1:
+            return int(trainer.estimated_stepping_batches)
+        return trainer.max_epochs * steps_per_epoch(trainer.world_size)
 
     def _shared_step(self, batch: Batch, stage: str) -> Tensor:
         images, targets = batch
@@ -143,12 +168,12 @@ class LeNetClassifier(L.LightningModule):
     def _logs_this_step(self) -> bool:
         """Whether Lightning hands this training step's logged values to the loggers.
 
-        Lightning's own rule, as its ``LearningRateMonitor`` reads it (every
-        ``log_every_n_steps``, and when stopping), plus every step of a fast dev run:
-        values logged on other steps would only feed the progress bar.
+        Lightning's rule (every ``log_every_n_steps`` optimizer steps, counted from 1),
+        plus every step of a fast dev run: values logged on other steps would only
+        feed the progress bar.
         """
         trainer = self.trainer
-        return trainer._logger_connector.should_update_logs or bool(trainer.fast_dev_run)  # type: ignore[attr-defined]
+        return (trainer.global_step + 1) % trainer.log_every_n_steps == 0 or bool(trainer.fast_dev_run)  # type: ignore[attr-defined]
 
     def _log_epoch_end(self, stage: str) -> None:
         per_class: MulticlassAccuracy = getattr(self, f"{stage}_acc_per_class")

@@ -7,6 +7,7 @@ and without layout passes, so they cost little per epoch.
 from __future__ import annotations
 
 from collections.abc import Sequence
+from typing import Protocol, cast, runtime_checkable
 
 import matplotlib
 
@@ -19,8 +20,11 @@ from lightning.pytorch.callbacks import Callback
 from lightning.pytorch.loggers import TensorBoardLogger
 from matplotlib.figure import Figure
 from torch import Tensor
+from torch.nn import functional as F
+from torchvision.utils import make_grid
+from typing_extensions import override
 
-from lenet_lightning.module import LeNetClassifier
+from lenet_lightning.batches import denormalize
 
 CORRECT_COLOUR = "#1a7f37"
 WRONG_COLOUR = "#d1242f"
@@ -58,31 +62,30 @@ def prediction_figure(
     axes and one image (not a subplot per picture) keep it cheap to draw.
     """
     scale, frame, caption = 3, 3, 26  # pixels: upscaling, frame width, caption height
-    size = images.shape[-1] * scale
-    cell_w, cell_h = size + 2 * frame, size + 2 * frame + caption
-    rows = -(-len(images) // columns)
-    canvas = torch.full((rows * cell_h, columns * cell_w, 3), 255, dtype=torch.uint8)
-    figure = plt.figure(figsize=(columns * cell_w / 100, rows * cell_h / 100), dpi=100)
+    wrong = targets != preds
+    colours = torch.tensor([CORRECT_RGB, WRONG_RGB], dtype=torch.uint8)[wrong.long()]  # (B, 3)
+    pixels = images.repeat_interleave(scale, -2).repeat_interleave(scale, -1)
+    framed = colours[:, :, None, None].expand(-1, -1, *(n + 2 * frame for n in pixels.shape[-2:])).clone()
+    framed[:, :, frame:-frame, frame:-frame] = pixels
+    cells = F.pad(framed, (0, 0, caption, 0), value=255)  # white room for the caption above each image
+    canvas = make_grid(cells, nrow=columns, padding=0, pad_value=255)
+    cell_h, cell_w = cells.shape[-2:]
+    figure = plt.figure(figsize=(canvas.shape[-1] / 100, canvas.shape[-2] / 100), dpi=100)
     axes = figure.add_axes((0, 0, 1, 1))
     axes.set_axis_off()
-    for index, (image, target, pred) in enumerate(zip(images, targets.tolist(), preds.tolist(), strict=True)):
+    for index, (target, pred) in enumerate(zip(targets.tolist(), preds.tolist(), strict=True)):
         top, left = (index // columns) * cell_h + caption, (index % columns) * cell_w
-        colour = WRONG_RGB if target != pred else CORRECT_RGB
-        canvas[top : top + size + 2 * frame, left : left + cell_w] = torch.tensor(colour, dtype=torch.uint8)
-        pixels = image.permute(1, 2, 0).repeat_interleave(scale, 0).repeat_interleave(scale, 1)
-        canvas[top + frame : top + frame + size, left + frame : left + frame + size] = pixels
-        mark = "x " if target != pred else ""
         axes.text(
             left + cell_w / 2,
             top - 2,
-            f"{class_names[target]}\n{mark}{class_names[pred]}",
+            f"{class_names[target]}\n{'x ' if target != pred else ''}{class_names[pred]}",
             ha="center",
             va="bottom",
             fontsize=7,
             linespacing=1.0,
             color=WRONG_COLOUR if target != pred else CORRECT_COLOUR,
         )
-    axes.imshow(canvas.numpy(), interpolation="nearest")
+    axes.imshow(canvas.permute(1, 2, 0).numpy(), interpolation="nearest")
     return figure
 
 
@@ -92,10 +95,22 @@ def save_figure(figure: Figure, path: str) -> None:
     plt.close(figure)
 
 
-def classifier(pl_module: L.LightningModule) -> LeNetClassifier:
-    if not isinstance(pl_module, LeNetClassifier):
-        raise TypeError(f"TensorBoardPictures needs a LeNetClassifier, got {type(pl_module).__name__}")
-    return pl_module
+@runtime_checkable
+class PicturedClassifier(Protocol):
+    """What the pictures need of a classifier: class names, and confusion matrices by stage."""
+
+    class_names: Sequence[str]
+    confusion: dict[str, Tensor]
+
+    def __call__(self, images: Tensor) -> Tensor: ...
+
+
+@runtime_checkable
+class NormalizedData(Protocol):
+    """What the pictures need of a DataModule: the normalisation its batches carry."""
+
+    mean: tuple[float, ...]
+    std: tuple[float, ...]
 
 
 class TensorBoardPictures(Callback):
@@ -103,14 +118,23 @@ class TensorBoardPictures(Callback):
 
     The grid always shows the same validation images (the first ``num_images`` of
     this process's validation shard, which is never shuffled), so epochs compare.
-    It needs the ``LeNetClassifier`` (for ``confusion``) and the ``CIFAR10DataModule``
-    (for ``mean``/``std``, to show the images as they are).
+    Works with any module that is a :class:`PicturedClassifier` and any DataModule
+    that is :class:`NormalizedData` (to show the images as they are).
     """
 
     def __init__(self, num_images: int = 32) -> None:
         self.num_images = num_images
         self._grid: tuple[Tensor, Tensor, Tensor] | None = None
 
+    @override
+    def setup(self, trainer: L.Trainer, pl_module: L.LightningModule, stage: str) -> None:
+        datamodule = getattr(trainer, "datamodule", None)
+        if not isinstance(pl_module, PicturedClassifier) or not isinstance(datamodule, NormalizedData):
+            raise TypeError(
+                "TensorBoardPictures needs a module with class_names and confusion, and a DataModule with mean and std"
+            )
+
+    @override
     def on_validation_batch_end(
         self,
         trainer: L.Trainer,
@@ -125,12 +149,10 @@ class TensorBoardPictures(Callback):
         images, targets = batch[0][: self.num_images], batch[1][: self.num_images]
         with torch.no_grad():
             preds = pl_module(images).argmax(dim=1)
-        datamodule = trainer.datamodule  # type: ignore[attr-defined]
-        mean = torch.tensor(datamodule.mean, device=images.device).view(1, -1, 1, 1)
-        std = torch.tensor(datamodule.std, device=images.device).view(1, -1, 1, 1)
-        pixels = (images.float() * std + mean).mul(255).round().clamp(0, 255).byte()
-        self._grid = (pixels.cpu(), targets.cpu(), preds.cpu())
+        data = cast(NormalizedData, trainer.datamodule)  # type: ignore[attr-defined]
+        self._grid = (denormalize(images, data.mean, data.std).cpu(), targets.cpu(), preds.cpu())
 
+    @override
     def on_validation_end(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
         if trainer.sanity_checking or not trainer.is_global_zero:
             return
@@ -138,9 +160,13 @@ class TensorBoardPictures(Callback):
         self._add(trainer, "val/confusion_matrix", self._confusion(pl_module, "val", trainer.current_epoch), step)
         if self._grid is not None:
             self._add(
-                trainer, "val/predictions", prediction_figure(*self._grid, classifier(pl_module).class_names), step
+                trainer,
+                "val/predictions",
+                prediction_figure(*self._grid, cast(PicturedClassifier, pl_module).class_names),
+                step,
             )
 
+    @override
     def on_test_end(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
         if trainer.is_global_zero:
             self._add(trainer, "test/confusion_matrix", self._confusion(pl_module, "test"), trainer.global_step)
@@ -148,7 +174,7 @@ class TensorBoardPictures(Callback):
     @staticmethod
     def _confusion(pl_module: L.LightningModule, stage: str, epoch: int | None = None) -> Figure:
         title = f"{stage} confusion matrix (% of true class)" + (f", epoch {epoch}" if epoch is not None else "")
-        model = classifier(pl_module)
+        model = cast(PicturedClassifier, pl_module)
         return confusion_figure(model.confusion[stage], model.class_names, title)
 
     @staticmethod

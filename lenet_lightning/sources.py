@@ -288,13 +288,23 @@ def decode_files(files: list[tuple[Path, int]]) -> Split:
 
 
 def read_image(path: Path) -> Tensor:
-    """Decode one PNG/JPEG file as a ``uint8`` RGB tensor of shape ``(3, 32, 32)``."""
+    """Decode one image file as a ``uint8`` RGB tensor of shape ``(3, 32, 32)``.
+
+    Grey, palette and alpha images become RGB; 16- and 32-bit grey images (which
+    Pillow's RGB conversion clips to white) are scaled to 8 bits first; other sizes
+    are resized. Pillow, not ``torchvision.io``: torchvision 0.29 deprecates its
+    image decoding in favour of TorchCodec.
+    """
     try:
         with Image.open(path) as file:
-            pixels = np.array(file.convert("RGB"))
+            if file.mode.startswith("I"):  # I;16, I;16B, I: integer grey, up to 16 significant bits
+                grey = np.asarray(file, dtype=np.float64) * (255.0 / 65535.0)
+                pixels = np.repeat(np.rint(grey).clip(0, 255).astype(np.uint8)[:, :, None], 3, axis=2)
+            else:
+                pixels = np.asarray(file.convert("RGB"))
     except (OSError, ValueError, Image.DecompressionBombError) as error:
         raise UserError(f"cannot read image '{path}' ({error}): replace or delete the file") from None
-    return resize_to_cifar(torch.from_numpy(pixels).permute(2, 0, 1))
+    return resize_to_cifar(torch.from_numpy(pixels.copy()).permute(2, 0, 1))
 
 
 def resize_to_cifar(image: Tensor) -> Tensor:

@@ -6,8 +6,8 @@ import pytest
 import torch
 from PIL import Image
 
-from lenet_lightning import CIFAR10_CLASSES, CIFAR10_MEAN, CIFAR10_STD, CIFAR10DataModule, LeNet5, sources
-from lenet_lightning.batches import EpochShardSampler, TensorBatchLoader, augment
+from lenet_lightning import CIFAR10_CLASSES, CIFAR10_MEAN, CIFAR10_STD, CIFAR10DataModule, sources
+from lenet_lightning.batches import BatchTransform, EpochShardSampler, TensorBatchLoader, augment
 from lenet_lightning.errors import UserError
 from tests.conftest import synthetic_images
 
@@ -140,59 +140,101 @@ def test_train_shards_are_equal_disjoint_and_change_per_epoch():
     assert not torch.equal(samplers[0].shard(), shards[0])
 
 
-def test_loader_resumes_mid_epoch_exactly():
-    images, labels = torch.arange(50 * 3 * 32 * 32).to(torch.uint8).view(50, 3, 32, 32), torch.arange(50)
-    loader = TensorBatchLoader(images, labels, EpochShardSampler(50, 8, shuffle=True, seed=1))
-    loader.sampler.set_epoch(2)
-    full = list(loader)
-    partial = TensorBatchLoader(images, labels, EpochShardSampler(50, 8, shuffle=True, seed=1))
+AUGMENTED = BatchTransform((0.5,) * 3, (0.25,) * 3, hflip=True, translate=2)
+
+
+def loader(images: torch.Tensor, labels: torch.Tensor, batch_size: int, **kwargs) -> TensorBatchLoader:
+    sampler = EpochShardSampler(len(labels), batch_size, shuffle=True, seed=1)
+    return TensorBatchLoader(images, labels, sampler, AUGMENTED, **kwargs)
+
+
+def test_loader_resumes_mid_epoch_exactly_with_the_same_augmentation():
+    images, labels = torch.randint(0, 255, (50, 3, 32, 32), dtype=torch.uint8), torch.arange(50)
+    full_loader = loader(images, labels, 8)
+    full_loader.sampler.set_epoch(2)
+    full = list(full_loader)
+    partial = loader(images, labels, 8)
     partial.sampler.set_epoch(2)
     iterator = iter(partial)
     for _ in range(3):
         next(iterator)
-    state = partial.state_dict()
-    resumed = TensorBatchLoader(images, labels, EpochShardSampler(50, 8, shuffle=True, seed=1))
-    resumed.load_state_dict(state)
+    resumed = loader(images, labels, 8)
+    resumed.load_state_dict(partial.state_dict())
     rest = list(resumed)
     assert len(rest) == len(full) - 3
-    for (a_img, a_lab, a_seed), (b_img, b_lab, b_seed) in zip(full[3:], rest, strict=True):
-        assert torch.equal(a_img, b_img) and torch.equal(a_lab, b_lab) and a_seed == b_seed
+    for (a_img, a_lab), (b_img, b_lab) in zip(full[3:], rest, strict=True):
+        assert torch.equal(a_img, b_img) and torch.equal(a_lab, b_lab)
 
 
 def test_worker_loader_yields_the_same_batches():
     images, labels = torch.randint(0, 255, (40, 3, 32, 32), dtype=torch.uint8), torch.arange(40)
-    main = list(TensorBatchLoader(images, labels, EpochShardSampler(40, 16, shuffle=True)))
-    workers = list(TensorBatchLoader(images, labels, EpochShardSampler(40, 16, shuffle=True), num_workers=1))
+    main = list(loader(images, labels, 16))
+    workers = list(loader(images, labels, 16, num_workers=1))
     for a, b in zip(main, workers, strict=True):
-        assert torch.equal(a[0], b[0]) and a[2] == b[2]
+        assert torch.equal(a[0], b[0]) and torch.equal(a[1], b[1])
 
 
 # --- batch transforms ----------------------------------------------------------------
 
 
-def test_transform_batch_normalises_with_channel_statistics(cifar_archive):
-    dm = make_dm(cifar_archive)
-    images = torch.full((2, 3, 32, 32), 255, dtype=torch.uint8)
-    normalised, labels = dm.transform_batch((images, torch.tensor([1, 2])), train=False)
-    assert normalised.dtype == torch.float32 and labels.tolist() == [1, 2]
-    for channel in range(3):
-        expected = (1.0 - CIFAR10_MEAN[channel]) / CIFAR10_STD[channel]
-        assert normalised[:, channel].allclose(torch.tensor(expected))
-    half = make_dm(cifar_archive, normalization="half").transform_batch((images, labels))[0]
-    assert half.allclose(torch.tensor(1.0))
+def test_batches_are_normalised_with_the_chosen_statistics(cifar_archive):
+    white = torch.full((2, 3, 32, 32), 255, dtype=torch.uint8)
+    for options, expected in [
+        ({}, [(1.0 - m) / s for m, s in zip(CIFAR10_MEAN, CIFAR10_STD, strict=True)]),
+        ({"normalization": "half"}, [1.0] * 3),
+        ({"normalization": "none"}, [1.0] * 3),
+        ({"mean": (0.5, 0.25, 0.0), "std": (0.5, 0.25, 2.0)}, [1.0, 3.0, 0.5]),
+    ]:
+        dm = CIFAR10DataModule(str(cifar_archive), **options)
+        out = BatchTransform(dm.mean, dm.std)(white, seed=None)
+        assert out.dtype == torch.float32
+        for channel in range(3):
+            assert out[:, channel].allclose(torch.tensor(expected[channel])), options
 
 
-def test_training_augmentation_is_seeded_by_the_batch(cifar_archive):
+def test_every_loader_yields_float_images_and_int64_labels(cifar_archive):
     dm = make_dm(cifar_archive)
-    images = torch.randint(0, 255, (64, 3, 32, 32), dtype=torch.uint8)
-    labels = torch.zeros(64, dtype=torch.long)
-    a = dm.transform_batch((images, labels, 11), train=True)[0]
-    b = dm.transform_batch((images, labels, 11), train=True)[0]
-    c = dm.transform_batch((images, labels, 12), train=True)[0]
-    plain = dm.transform_batch((images, labels, 11), train=False)[0]
-    assert torch.equal(a, b) and not torch.equal(a, c) and not torch.equal(a, plain)
-    off = make_dm(cifar_archive, hflip=False, translate=0).transform_batch((images, labels, 11), train=True)[0]
-    assert torch.equal(off, plain)
+    dm.setup("fit")
+    dm.setup("test")
+    for name in ("train", "val", "test", "predict"):
+        loader = getattr(dm, f"{name}_dataloader")()
+        images, labels = next(iter(loader))  # exactly two tensors, in every stage
+        assert images.dtype == torch.float32 and images.shape == (32, 3, 32, 32), name
+        assert labels.dtype == torch.int64 and labels.shape == (32,), name
+        assert loader.batch_size == 32 and len(loader) > 0
+
+
+def test_training_augmentation_is_seeded_by_seed_epoch_and_batch(cifar_archive):
+    first = [images for images, _ in make_dm_loaded(cifar_archive).train_dataloader()]
+    again = [images for images, _ in make_dm_loaded(cifar_archive).train_dataloader()]
+    assert all(torch.equal(a, b) for a, b in zip(first, again, strict=True))
+    unaugmented = [images for images, _ in make_dm_loaded(cifar_archive, hflip=False, translate=0).train_dataloader()]
+    assert not any(torch.equal(a, b) for a, b in zip(first, unaugmented, strict=True))
+    other_seed = [images for images, _ in make_dm_loaded(cifar_archive, seed=8).train_dataloader()]
+    assert not torch.equal(first[0], other_seed[0])
+
+
+def test_own_augmentation_runs_on_training_batches_only_with_the_batch_generator(cifar_archive):
+    calls = []
+
+    def invert_some(images: torch.Tensor, generator: torch.Generator) -> torch.Tensor:
+        calls.append(images.dtype)
+        chosen = torch.rand(len(images), generator=generator) < 0.5
+        return torch.where(chosen[:, None, None, None], 255 - images, images)
+
+    dm = make_dm_loaded(cifar_archive, augmentation=invert_some, hflip=False, translate=0)
+    plain = make_dm_loaded(cifar_archive, hflip=False, translate=0)
+    first, reference = next(iter(dm.train_dataloader()))[0], next(iter(plain.train_dataloader()))[0]
+    assert calls == [torch.uint8] and not torch.equal(first, reference)
+    assert torch.equal(first, next(iter(dm.train_dataloader()))[0])  # seeded per batch: reproducible
+    next(iter(dm.val_dataloader()))
+    assert len(calls) == 2  # the two training batches above; validation is never augmented
+
+
+def make_dm_loaded(data_dir: Path, **kwargs) -> CIFAR10DataModule:
+    dm = make_dm(data_dir, **kwargs)
+    dm.setup("fit")
+    return dm
 
 
 def reference_shift(image: torch.Tensor, dy: int, dx: int, pad: int) -> torch.Tensor:
@@ -218,31 +260,12 @@ def test_augment_is_a_flip_plus_a_zero_padded_crop():
     assert torch.equal(augment(images, False, 0, torch.Generator()), images)
 
 
-def test_plain_pytorch_loop_as_in_the_readme(cifar_archive):
-    """The README's recipe for using the DataModule without Lightning."""
-    torch.manual_seed(0)
-    dm = CIFAR10DataModule(str(cifar_archive), batch_size=50, val_size=100)
-    dm.prepare_data()
-    dm.setup("fit")
-    net = LeNet5()
-    optimizer = torch.optim.SGD(net.parameters(), lr=0.01, momentum=0.9)
-    loader = dm.train_dataloader()
-    first_epoch_order = None
-    losses = []
-    for epoch in range(4):
-        loader.sampler.set_epoch(epoch)
-        for batch in loader:
-            assert batch[0].dtype == torch.uint8
-            images, labels = dm.transform_batch(batch, train=True)
-            assert images.dtype == torch.float32
-            loss = torch.nn.functional.cross_entropy(net(images), labels)
-            optimizer.zero_grad()
-            loss.backward()
-            optimizer.step()
-            losses.append(loss.item())
-        order = loader.sampler.shard()
-        assert first_epoch_order is None or not torch.equal(order, first_epoch_order)
-        first_epoch_order = order
-    assert sum(losses[-5:]) / 5 < sum(losses[:5]) / 5 - 0.3
-    val_images, _ = dm.transform_batch(next(iter(dm.val_dataloader())))
-    assert abs(val_images.mean().item()) < 1.0
+def test_16_bit_png_keeps_its_pixels(tmp_path):
+    """Pillow's RGB conversion clips 16-bit grey to white; the decoder scales it to 8 bits instead."""
+    ramp = (np.arange(32 * 32, dtype=np.uint32).reshape(32, 32) * 64).astype(np.uint16)  # 0 .. 65472
+    Image.fromarray(ramp).save(tmp_path / "deep.png")
+    assert Image.open(tmp_path / "deep.png").mode.startswith("I;16")
+    image = sources.read_image(tmp_path / "deep.png")
+    assert image.dtype == torch.uint8 and image.shape == (3, 32, 32)
+    assert torch.equal(image[0], image[2]) and image.min() == 0 and image.max() == 255
+    assert torch.equal(image[0], torch.from_numpy(np.rint(ramp / 65535 * 255).astype(np.uint8)))

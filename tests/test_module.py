@@ -38,7 +38,7 @@ EXPECTED = {"airplane": 2 / 4, "automobile": 1 / 2, "bird": 3 / 3, "cat": 0 / 1,
 
 @pytest.fixture
 def tested_module():
-    model = LeNetClassifier()
+    model = LeNetClassifier(class_names=CIFAR10_CLASSES)
     model.net = LogitsFromImage()
     images = images_predicting(PREDS)
     # Uneven batches (7, 7, 6): accuracy must be over images, not an average of batch scores.
@@ -104,3 +104,8 @@ def test_warmup_cosine_shape():
     assert max(factors) == pytest.approx(1.0)
     assert factors[-1] < 0.01
     assert all(a >= b for a, b in itertools.pairwise(factors[9:]))
+
+
+def test_class_names_default_to_numbered_names_and_set_the_output_size():
+    assert LeNetClassifier(num_classes=3).class_names == ("class_0", "class_1", "class_2")
+    assert LeNetClassifier(class_names=["a", "b"]).net.fc3.out_features == 2

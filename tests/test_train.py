@@ -11,7 +11,7 @@ from lightning.pytorch.callbacks import Callback
 from PIL import Image
 from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
 
-from lenet_lightning import CIFAR10_CLASSES, cli
+from lenet_lightning import CIFAR10_CLASSES, experiment
 from lenet_lightning.cli import build_parser, main, run
 from tests.conftest import synthetic_images
 
@@ -135,34 +135,63 @@ class CrashAtEpoch(Callback):
 
 
 def test_resume_after_a_crash_ends_like_an_uninterrupted_run(trained_run, cifar_archive, tmp_path, monkeypatch):
-    build_trainer = cli.build_trainer
+    build_trainer = experiment.build_trainer
 
-    def crashing_trainer(settings, logger, fast_dev_run, extra_callbacks):
-        return build_trainer(settings, logger, fast_dev_run, [*extra_callbacks, CrashAtEpoch(2)])
+    def crashing_trainer(settings, logger, run_dir, fast_dev_run, extra_callbacks):
+        return build_trainer(settings, logger, run_dir, fast_dev_run, [*extra_callbacks, CrashAtEpoch(2)])
 
-    monkeypatch.setattr(cli, "build_trainer", crashing_trainer)
+    monkeypatch.setattr(experiment, "build_trainer", crashing_trainer)
     with pytest.raises(RuntimeError, match="simulated crash"):
         main(train_args(cifar_archive, tmp_path, "--max-epochs", "3"))
     run_dir = tmp_path / "lenet" / "version_0"
     assert torch.load(run_dir / "checkpoints" / "last.ckpt", weights_only=True)["epoch"] == 1
-    monkeypatch.setattr(cli, "build_trainer", build_trainer)
+    monkeypatch.setattr(experiment, "build_trainer", build_trainer)
     # No other flags: data, recipe and epochs come from the checkpoint.
     resumed = main(["--ckpt-path", "last", "--log-dir", str(tmp_path)])
     assert sorted(p.name for p in (tmp_path / "lenet").iterdir()) == ["version_0"]
     assert resumed == trained_run[0]
 
 
-def test_evaluate_reproduces_the_training_test_accuracy(trained_run, capsys):
+def test_evaluate_reproduces_the_training_test_accuracy_in_its_own_file(trained_run, cifar_archive, capsys):
     metrics, run_dir = trained_run
     best = next((run_dir / "checkpoints").glob("best-*.ckpt"))
-    (run_dir / "test_metrics.json").unlink()
-    (run_dir / "confusion_matrix.png").unlink()
+    training_result = (run_dir / "test_metrics.json").read_text()
     evaluated = main(["--evaluate", "--ckpt-path", str(best)])
-    assert (run_dir / "confusion_matrix.png").stat().st_size > 1000
     assert evaluated == pytest.approx(metrics)
-    assert json.loads((run_dir / "test_metrics.json").read_text()) == pytest.approx(metrics)
+    # Named after the checkpoint and the data; the training run's own result is left as it was.
+    stem = f"eval_{best.stem}_{cifar_archive.name}"
+    assert json.loads((run_dir / f"{stem}_metrics.json").read_text()) == pytest.approx(metrics)
+    assert (run_dir / f"{stem}_confusion_matrix.png").stat().st_size > 1000
+    assert (run_dir / "test_metrics.json").read_text() == training_result
     out = capsys.readouterr().out
-    assert "overall" in out and "airplane" in out and str(run_dir) in out
+    assert "overall" in out and "airplane" in out and f"{stem}_metrics.json" in out
+
+
+def test_config_yaml_reruns_the_run_exactly(trained_run, cifar_archive, tmp_path):
+    """``--config <run>/config.yaml`` repeats the run: bit-identical test_metrics.json (CPU)."""
+    _, run_dir = trained_run
+    again = main(["--config", str(run_dir / "config.yaml"), "--log-dir", str(tmp_path)])
+    rerun_dir = tmp_path / "lenet" / "version_0"
+    assert (rerun_dir / "test_metrics.json").read_bytes() == (run_dir / "test_metrics.json").read_bytes()
+    assert again == trained_run[0]
+    # The rerun's own config differs only in the flag given alongside.
+    differing = {
+        line
+        for line in (rerun_dir / "config.yaml").read_text().splitlines()
+        if line not in (run_dir / "config.yaml").read_text().splitlines()
+    }
+    assert differing == {f"log_dir: {tmp_path}"}
+
+
+def test_print_config_shows_the_resolved_settings_and_trains_nothing(cifar_archive, tmp_path, capsys):
+    config = tmp_path / "mine.yaml"
+    config.write_text("recipe: tutorial\nlr: 0.002\n")
+    settings = main(["--config", str(config), "--max-epochs", "2", "--log-dir", str(tmp_path), "--print-config"])
+    printed = capsys.readouterr().out
+    # Defaults < recipe < config file < flags.
+    assert settings["batch_size"] == 4 and settings["lr"] == 0.002 and settings["max_epochs"] == 2
+    assert "batch_size: 4\n" in printed and "lr: 0.002\n" in printed and "max_epochs: 2\n" in printed
+    assert not (tmp_path / "lenet").exists()
 
 
 def test_predict_classifies_readable_files_and_reports_the_rest(trained_run, tmp_path, capsys):
@@ -195,7 +224,7 @@ def test_help_documents_every_flag_with_its_default():
     [
         (["--accelerator", "gpu"], "no CUDA GPU"),
         (["--precision", "16-mixed", "--accelerator", "cpu"], "needs a GPU"),
-        (["--batch-size", "0"], "batch size"),
+        (["--batch-size", "0"], "--batch-size"),
         (["--lr", "-1"], "learning rate"),
         (["--evaluate", "--ckpt-path", "missing.ckpt"], "does not exist"),
     ],

@@ -1,0 +1,190 @@
+"""Run folders and their checkpoints: claimed atomically, written atomically, loaded safely.
+
+A run folder is ``<log_dir>/<name>/version_<n>/`` and holds everything of one run:
+``config.yaml``, the TensorBoard event files, ``checkpoints/`` and the test results.
+"""
+
+from __future__ import annotations
+
+import os
+import pickle
+import re
+import uuid
+from pathlib import Path
+from typing import Any
+
+import lightning as L
+import torch
+from lightning.pytorch.callbacks import Callback, ModelCheckpoint
+from lightning.pytorch.plugins.io import TorchCheckpointIO
+from typing_extensions import override
+
+from lenet_lightning.errors import UserError
+
+SETTINGS_KEY = "lenet_lightning_settings"
+VERSION_PREFIX = "version_"
+
+
+# --- run folders ---------------------------------------------------------------------
+
+
+def claim_run_dir(experiment_dir: Path) -> Path:
+    """Create and return the next free ``version_<n>`` folder under ``experiment_dir``.
+
+    The folder is created exclusively (``mkdir`` fails if it exists), so two runs
+    started at the same moment in the same log folder get different folders.
+    """
+    check_writable(experiment_dir)
+    while True:
+        candidate = experiment_dir / f"{VERSION_PREFIX}{next_version(experiment_dir)}"
+        try:
+            candidate.mkdir()
+        except FileExistsError:
+            continue  # another run took it between listing and creating: take the next one
+        return candidate
+
+
+def next_version(experiment_dir: Path) -> int:
+    """One more than the highest ``version_<n>`` under ``experiment_dir`` (0 if none)."""
+    suffixes = [p.name[len(VERSION_PREFIX) :] for p in experiment_dir.glob(f"{VERSION_PREFIX}*")]
+    return max((int(s) for s in suffixes if s.isdigit()), default=-1) + 1
+
+
+def check_writable(folder: Path) -> None:
+    """Create ``folder`` if needed and check that files can be written there."""
+    try:
+        folder.mkdir(parents=True, exist_ok=True)
+        probe = folder / f".write-test-{uuid.uuid4().hex}"
+        probe.touch()
+        probe.unlink()
+    except OSError as error:
+        raise UserError(
+            f"cannot write to log folder '{folder}' ({error.strerror}): pass a writable --log-dir"
+        ) from None
+
+
+def run_dir_of(checkpoint_path: Path) -> Path:
+    """The run folder a checkpoint belongs to (``.../version_n/checkpoints/x.ckpt`` -> ``.../version_n``)."""
+    parent = checkpoint_path.absolute().parent
+    return parent.parent if parent.name == "checkpoints" else parent
+
+
+def find_last_checkpoint(log_dir: Path, name: str) -> Path:
+    """The ``last.ckpt`` of the newest run under ``<log_dir>/<name>/`` (for ``--ckpt-path last``)."""
+    candidates = sorted(
+        (log_dir / name).glob(f"{VERSION_PREFIX}*/checkpoints/last.ckpt"),
+        key=lambda path: int(path.parent.parent.name.removeprefix(VERSION_PREFIX)),
+    )
+    if not candidates:
+        raise UserError(
+            f"no last.ckpt under '{log_dir / name}': train first, or pass --ckpt-path with a checkpoint's path"
+        )
+    return candidates[-1]
+
+
+# --- writing checkpoints ----------------------------------------------------------------
+
+
+class AtomicCheckpointIO(TorchCheckpointIO):
+    """Saves to a temporary file, syncs it to disk, then renames it into place.
+
+    A run killed at any moment (``kill -9`` included) leaves either the previous
+    checkpoint or the new one, never a truncated file. Each write has its own
+    temporary name, and only the writer removes it (two runs never touch each
+    other's files).
+    """
+
+    @override
+    def save_checkpoint(self, checkpoint: dict[str, Any], path: Any, storage_options: Any = None) -> None:
+        target = Path(path)
+        target.parent.mkdir(parents=True, exist_ok=True)
+        tmp = target.with_name(f".{target.name}.{uuid.uuid4().hex}.tmp")
+        try:
+            with tmp.open("wb") as file:
+                torch.save(checkpoint, file)
+                file.flush()
+                os.fsync(file.fileno())
+            os.replace(tmp, target)
+        finally:
+            tmp.unlink(missing_ok=True)
+
+
+class LastCheckpoint(ModelCheckpoint):
+    """``last.ckpt``: replaced at every epoch's end (after its validation) and, optionally, every N steps.
+
+    A ``ModelCheckpoint`` only so that Lightning runs it after the other callbacks, like
+    the best-checkpoint callback before it: ``last.ckpt`` then holds that callback's
+    state of the same epoch. Its saving rule is its own. A step save that falls on an
+    epoch's last batch is left to the epoch-end save: Lightning cannot resume exactly
+    from a checkpoint taken between an epoch's last batch and its validation (it skips
+    that validation and miscounts the epoch).
+    """
+
+    def __init__(self, dirpath: Path, every_n_train_steps: int = 0) -> None:
+        super().__init__(dirpath=dirpath, filename="last", save_top_k=0)
+        self.path = dirpath / "last.ckpt"
+        self.every_n_train_steps = every_n_train_steps
+
+    @override
+    def on_train_batch_end(
+        self, trainer: L.Trainer, pl_module: L.LightningModule, outputs: Any, batch: Any, batch_idx: int
+    ) -> None:
+        every = self.every_n_train_steps
+        last_batch = batch_idx + 1 == trainer.num_training_batches
+        if every and trainer.global_step % every == 0 and not last_batch and not trainer.fast_dev_run:  # type: ignore[attr-defined]
+            trainer.save_checkpoint(self.path, weights_only=False)
+
+    @override
+    def on_validation_end(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
+        """Nothing: the epoch's save comes at its end, after validation."""
+
+    @override
+    def on_train_epoch_end(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
+        if not trainer.fast_dev_run:  # type: ignore[attr-defined]
+            trainer.save_checkpoint(self.path, weights_only=False)
+
+
+class SaveSettings(Callback):
+    """Stores the run's resolved settings in every checkpoint, so resume needs no flags."""
+
+    def __init__(self, settings: dict[str, Any]) -> None:
+        self.settings = settings
+
+    @override
+    def on_save_checkpoint(self, trainer: L.Trainer, pl_module: L.LightningModule, checkpoint: dict[str, Any]) -> None:
+        checkpoint[SETTINGS_KEY] = self.settings
+
+
+# --- reading checkpoints ----------------------------------------------------------------
+
+
+def load_checkpoint(path: Path) -> dict[str, Any]:
+    """Load a checkpoint with ``weights_only=True``: tensors and plain data only.
+
+    A checkpoint that carries any other pickled object (which could run code) is
+    refused before anything in it is executed.
+    """
+    if path.is_dir():
+        raise UserError(f"--ckpt-path '{path}' is a folder: pass a .ckpt file from a run's checkpoints/ folder")
+    if not path.is_file():
+        raise UserError(f"checkpoint '{path}' does not exist: pass the path of a .ckpt file from a run's checkpoints/")
+    try:
+        checkpoint = torch.load(path, map_location="cpu", weights_only=True)
+    except pickle.UnpicklingError as error:
+        # PyTorch's message suggests loading with weights_only=False: exactly what must not happen.
+        if "Weights only load failed" in str(error):
+            unsafe = re.search(r"Unsupported global: GLOBAL (\S+)", str(error))
+            raise UserError(
+                f"refused to load '{path}': it holds Python objects beyond tensors and plain data "
+                f"({unsafe.group(1) if unsafe else 'unsupported content'}), which could run code; "
+                "use a checkpoint written by train.py"
+            ) from None
+        raise UserError(f"'{path}' is not a readable checkpoint: pass a .ckpt written by train.py") from None
+    except Exception as error:  # a damaged or foreign file: RuntimeError, EOFError, KeyError, ...
+        reason = str(error).split(". ")[0] if isinstance(error, (RuntimeError, OSError)) else "not a PyTorch file"
+        raise UserError(f"'{path}' is not a readable checkpoint ({reason}): pass a .ckpt written by train.py") from None
+    if not isinstance(checkpoint, dict) or "state_dict" not in checkpoint or "hyper_parameters" not in checkpoint:
+        raise UserError(f"'{path}' is not a lenet-lightning checkpoint: pass a .ckpt written by train.py")
+    if not any(key.startswith("net.") for key in checkpoint["state_dict"]):
+        raise UserError(f"'{path}' is a checkpoint of another model: pass a .ckpt written by train.py")
+    return checkpoint

@@ -1,0 +1,59 @@
+"""Checkpoints never run code: a checkpoint carrying pickled objects is refused before loading."""
+
+from __future__ import annotations
+
+import pathlib
+from collections.abc import Callable
+from pathlib import Path
+
+import pytest
+import torch
+
+from lenet_lightning.cli import run
+
+
+def error_line(capsys: pytest.CaptureFixture[str]) -> str:
+    """The last stderr line (progress bars may come before it); it must be the only ``error:`` line."""
+    err = capsys.readouterr().err
+    assert "Traceback" not in err
+    lines = [line for line in err.replace("\r", "\n").splitlines() if line.strip()]
+    assert sum(line.startswith("error: ") for line in lines) == 1, err
+    return lines[-1]
+
+
+class Payload:
+    """Unpickled unsafely, this creates ``marker``: a stand-in for any code a file could run."""
+
+    def __init__(self, marker: Path) -> None:
+        self.marker = marker
+
+    def __reduce__(self) -> tuple[Callable[..., None], tuple[Path]]:
+        return pathlib.Path.touch, (self.marker,)
+
+
+def malicious_checkpoint(path: Path, marker: Path) -> Path:
+    torch.save({"state_dict": {"net.fc.weight": torch.zeros(2)}, "hyper_parameters": {}, "x": Payload(marker)}, path)
+    return path
+
+
+def test_the_malicious_checkpoint_really_runs_code_when_loaded_unsafely(tmp_path):
+    marker = tmp_path / "ran"
+    torch.load(malicious_checkpoint(tmp_path / "evil.ckpt", marker), weights_only=False)
+    assert marker.exists()  # so the next test would notice if the payload ran
+
+
+@pytest.mark.parametrize("mode", ["evaluate", "predict", "resume"])
+def test_a_checkpoint_with_code_in_it_is_refused_before_anything_runs(mode, cifar_archive, tmp_path, capsys):
+    marker = tmp_path / "ran"
+    evil = str(malicious_checkpoint(tmp_path / "evil.ckpt", marker))
+    image = tmp_path / "image.png"
+    image.write_bytes(b"")
+    argv = {
+        "evaluate": ["--evaluate", "--ckpt-path", evil],
+        "predict": ["--predict", str(image), "--ckpt-path", evil],
+        "resume": ["--ckpt-path", evil, "--data-dir", str(cifar_archive), "--log-dir", str(tmp_path)],
+    }[mode]
+    assert run(argv) == 2
+    line = error_line(capsys)
+    assert line.startswith(f"error: refused to load '{evil}'") and "could run code" in line
+    assert not marker.exists()
