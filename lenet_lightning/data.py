@@ -16,6 +16,7 @@ from lenet_lightning.batches import (
     augment,
     normalize,
 )
+from lenet_lightning.download import source_urls
 from lenet_lightning.errors import UserError
 from lenet_lightning.sources import (
     ARCHIVE_NAME,
@@ -67,7 +68,8 @@ class CIFAR10DataModule(L.LightningDataModule):
         cache_dir: where decoded image folders are cached (default: see
             :func:`default_cache_dir`); never inside ``data_dir``, which may be read-only.
         download: download the official archive when ``data_dir`` holds no data.
-        download_url: mirror of the official archive (md5-verified whatever the source).
+        download_url: mirror(s) of the official archive, comma-separated, tried before the built-in
+            ones (md5-verified whatever the source).
     """
 
     def __init__(
@@ -125,7 +127,7 @@ class CIFAR10DataModule(L.LightningDataModule):
         if source is None and (self.data_dir / ARCHIVE_NAME).is_file():
             unpack_local_archive(self.data_dir)  # put there by hand: no need to download it
         elif source is None and self.download:
-            download_archive(self.data_dir, self.download_url)
+            download_archive(self.data_dir, source_urls(self.download_url))
         if source != "folder":
             return
         for train in (True, False):
