@@ -39,7 +39,7 @@ class Mirror:
 
     Answers: good (honours ``Range``), ignore-range, truncated (half the promised bytes, then
     closes), stall (half, then nothing), trickle (a few kB/s), silent (no response at all),
-    held (good once ``release`` is set), missing (404), html (a page, status 200), corrupt
+    held (good once ``release`` is set), missing (404), range-not-satisfiable (416), html (a page, status 200), corrupt
     (one byte flipped), redirect-closed (301 to a closed port). ``log`` has, per request,
     the ``Range`` header it carried and the body bytes sent.
     """
@@ -70,8 +70,8 @@ class Mirror:
         self.thread.start()
 
     def answer(self, handler: http.server.BaseHTTPRequestHandler, answer: str, entry: dict[str, Any]) -> None:
-        if answer == "missing":
-            handler.send_error(404)
+        if answer in ("missing", "range-not-satisfiable"):
+            handler.send_error(404 if answer == "missing" else 416)
             return
         if answer == "redirect-closed":
             handler.send_response(301)
@@ -284,6 +284,23 @@ def test_a_server_that_ignores_range_sends_it_all_again_and_that_is_used(serve, 
     sources.download_archive(tmp_path / "data", [mirror.url], md5, limits=FAST)
     assert mirror.log[1] == {"range": f"bytes={len(mirror.archive) // 2}-", "sent": len(mirror.archive)}
     assert_unpacked(tmp_path / "data")
+
+
+def test_a_server_that_cannot_resume_is_asked_for_the_whole_file_again(serve, md5, tmp_path):
+    mirror = serve("truncated", "range-not-satisfiable", "good")
+    sources.download_archive(tmp_path / "data", [mirror.url], md5, limits=FAST)
+    assert [entry["range"] for entry in mirror.log] == [None, f"bytes={len(mirror.archive) // 2}-", None]
+    assert_unpacked(tmp_path / "data")
+
+
+def test_a_download_complete_before_a_crash_is_unpacked_without_downloading_again(archive, md5, tmp_path):
+    data_dir = tmp_path / "data"
+    partial = download.PartialFile(data_dir, "cifar-10-python.tar.gz")
+    data_dir.mkdir()
+    partial.start(closed_port_url(), None, len(archive))
+    partial.path.write_bytes(archive)  # then the run was killed while unpacking
+    sources.download_archive(data_dir, [closed_port_url()], md5, limits=FAST)
+    assert_unpacked(data_dir)
 
 
 # --- one download per folder -------------------------------------------------------
