@@ -396,9 +396,7 @@ class Progress:
         self.quarters_shown = 4 * done // total if total else 0
         self.bar = None
         if sys.stderr.isatty():
-            self.bar = tqdm(
-                total=total, initial=done, unit="B", unit_scale=True, unit_divisor=1024, desc=source, file=sys.stderr
-            )
+            self.bar = tqdm(total=total, initial=done, unit="B", unit_scale=True, desc=source, file=sys.stderr)
         else:
             resuming = f", resuming at {_size(done)}" if done else ""
             notice(f"downloading {name} from {source} ({_size(total) if total else 'size unknown'}{resuming})")
