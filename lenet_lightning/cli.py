@@ -76,7 +76,12 @@ def build_parser() -> argparse.ArgumentParser:
     data = parser.add_argument_group("data")
     _add(data, "--data-dir", "CIFAR-10 folder: official archive (downloaded if missing) or image folder")
     _add(data, "--cache-dir", "cache for decoded image folders (None: $LENET_LIGHTNING_CACHE or ~/.cache)")
-    _add(data, "--download-url", "mirror(s) of cifar-10-python.tar.gz, comma-separated, tried first (md5-checked)")
+    _add(
+        data,
+        "--download-url",
+        "mirror(s) of cifar-10-python.tar.gz, comma-separated, tried first (md5-checked; also "
+        "$LENET_LIGHTNING_DOWNLOAD_URL)",
+    )
     _add(data, "--num-workers", "loader worker processes (0 measures fastest, see README)", type=int)
     _add(data, "--val-size", "validation images carved from the training split", type=int)
     _add(data, "--seed", "seed of initialisation, split, shuffling and augmentation", type=int)

@@ -11,6 +11,7 @@ import torch
 from typing_extensions import override
 
 from lenet_lightning.batches import Augmentation, BatchTransform, EpochShardSampler, TensorBatchLoader
+from lenet_lightning.download import source_urls
 from lenet_lightning.errors import UserError
 from lenet_lightning.sources import (
     ARCHIVE_NAME,
@@ -144,7 +145,7 @@ class CIFAR10DataModule(L.LightningDataModule):
         if source is None and (self.data_dir / ARCHIVE_NAME).is_file():
             unpack_local_archive(self.data_dir)  # put there by hand: no need to download it
         elif source is None and self.download:
-            download_archive(self.data_dir, self.download_url)
+            download_archive(self.data_dir, source_urls(self.download_url))
         if source != "folder":
             return
         for train in (True, False):

@@ -9,16 +9,13 @@ from __future__ import annotations
 
 import contextlib
 import hashlib
-import http.client
 import os
 import pickle
 import shutil
 import tarfile
 import tempfile
-import urllib.error
-import urllib.request
 import zlib
-from collections.abc import Iterator
+from collections.abc import Iterator, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
@@ -28,6 +25,16 @@ from PIL import Image
 from torch import Tensor
 from torch.nn import functional as F
 
+from lenet_lightning.download import (
+    DOWNLOAD_URL_ENV,
+    DownloadError,
+    Limits,
+    PartialFile,
+    fetch,
+    file_md5,
+    folder_lock,
+    source_urls,
+)
 from lenet_lightning.errors import UserError
 
 CIFAR10_CLASSES: tuple[str, ...] = (
@@ -42,12 +49,9 @@ CIFAR10_CLASSES: tuple[str, ...] = (
     "ship",
     "truck",
 )
-CIFAR10_URL = "https://www.cs.toronto.edu/~kriz/cifar-10-python.tar.gz"
 CIFAR10_MD5 = "c58f30108f718f92721af3b95e74349a"
-DOWNLOAD_URL_ENV = "LENET_LIGHTNING_DOWNLOAD_URL"
 ARCHIVE_FOLDER = "cifar-10-batches-py"
 ARCHIVE_NAME = "cifar-10-python.tar.gz"
-CHUNK_BYTES = 1 << 20
 IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg")
 IMAGE_SIZE = 32
 
@@ -101,71 +105,78 @@ def load_archive_split(folder: Path, train: bool) -> Split:
     return torch.from_numpy(np.concatenate(images)), torch.tensor(labels, dtype=torch.int64)
 
 
-def download_archive(data_dir: Path, url: str | None = None, md5: str | None = None) -> None:
+def download_archive(
+    data_dir: Path, urls: Sequence[str] | None = None, md5: str | None = None, limits: Limits | None = None
+) -> None:
     """Download, verify and unpack the official archive into ``data_dir``.
 
-    The archive is checked against ``md5`` whatever ``url`` serves it (a mirror is
-    fine); a failed, truncated or corrupt download is tried once more, then reported
-    in one line. Downloading and unpacking happen in a temporary folder inside
-    ``data_dir`` whose result is renamed into place only when complete, so a failed
-    or interrupted run never leaves a half-extracted folder that a later run would
-    take for a good one (and a ``data_dir`` this call created is removed again).
+    ``urls`` are tried in order (``None``: ``$LENET_LIGHTNING_DOWNLOAD_URL``, then the
+    built-in :data:`~lenet_lightning.download.MIRRORS`); a source is dropped for the next
+    when it fails, stalls or is too slow (``limits``), and whatever serves the archive,
+    it must have the md5 ``md5`` (default: the official archive's). One process per
+    folder downloads; others wait for it and then use its result. An unfinished
+    download stays only as a hidden ``.part`` file that the next run resumes, and
+    unpacking happens in a temporary folder renamed into place when complete, so
+    nothing a later run could take for data is ever left half-done in ``data_dir``.
     """
-    url = url or os.environ.get(DOWNLOAD_URL_ENV) or CIFAR10_URL
     md5 = md5 or CIFAR10_MD5
-    attempts = 2
-    with _scratch_folder(data_dir) as scratch:
-        archive = scratch / ARCHIVE_NAME
-        problem = _fetch_verified(url, archive, md5, attempts)
-        if problem:
-            raise UserError(
-                f"no CIFAR-10 data in '{data_dir}', and downloading it from {url} {problem} ({attempts} attempts): "
-                f"check the network, or set --download-url (or ${DOWNLOAD_URL_ENV}) to a mirror, or put "
-                f"{ARCHIVE_NAME} or an image folder there by hand"
-            )
-        _unpack(archive, scratch, data_dir, source=url)
+    urls = source_urls() if urls is None else list(urls)
+    with folder_lock(data_dir):
+        if detect_source(data_dir) == "archive":
+            return  # another process downloaded it while this one waited
+        partial = PartialFile(data_dir, ARCHIVE_NAME)
+        try:
+            source = fetch(urls, partial, md5, limits or Limits())
+        except DownloadError as failed:
+            raise UserError(download_failed_message(data_dir, failed.problems, md5)) from None
+        try:
+            with _scratch_folder(data_dir) as scratch:
+                _unpack(partial.path, scratch, data_dir, source=source)
+        except UserError:
+            partial.discard()  # md5-verified yet not a CIFAR-10 archive: downloading it again cannot help
+            raise
+        partial.discard()
+
+
+def download_failed_message(data_dir: Path, problems: list[tuple[str, str]], md5: str) -> str:
+    """A summary line, one line per source with what went wrong, then what to do."""
+    lines = [f"no CIFAR-10 data in '{data_dir}', and no source delivered {ARCHIVE_NAME}:"]
+    lines += [f"  {url}: {problem}" for url, problem in problems] or ["  (no source to try)"]
+    lines.append(
+        f"what to do: add a mirror with --download-url URL[,URL...] (or ${DOWNLOAD_URL_ENV}; any copy with md5 "
+        f"{md5} works), or put {ARCHIVE_NAME} (or its {ARCHIVE_FOLDER}/) into '{data_dir}' by hand, or point "
+        "--data-dir at an image folder with train/<class>/ and test/<class>/"
+    )
+    return "\n".join(lines)
 
 
 def unpack_local_archive(data_dir: Path, md5: str | None = None) -> None:
     """Verify and unpack a ``cifar-10-python.tar.gz`` that was put into ``data_dir`` by hand."""
     archive, md5 = data_dir / ARCHIVE_NAME, md5 or CIFAR10_MD5
-    digest = file_md5(archive)
-    if digest != md5:
-        raise UserError(
-            f"'{archive}' is not the official CIFAR-10 archive (md5 {digest}, expected {md5}): "
-            "replace it with the official file, or delete it to download again"
-        )
-    with _scratch_folder(data_dir) as scratch:
-        _unpack(archive, scratch, data_dir, source=str(archive))
-
-
-def file_md5(path: Path) -> str:
-    digest = hashlib.md5()
-    with path.open("rb") as file:
-        while chunk := file.read(CHUNK_BYTES):
-            digest.update(chunk)
-    return digest.hexdigest()
+    with folder_lock(data_dir):
+        if detect_source(data_dir) == "archive":
+            return  # another process unpacked it while this one waited
+        digest = file_md5(archive)
+        if digest != md5:
+            raise UserError(
+                f"'{archive}' is not the official CIFAR-10 archive (md5 {digest}, expected {md5}): "
+                "replace it with the official file, or delete it to download again"
+            )
+        with _scratch_folder(data_dir) as scratch:
+            _unpack(archive, scratch, data_dir, source=str(archive))
 
 
 @contextlib.contextmanager
 def _scratch_folder(data_dir: Path) -> Iterator[Path]:
     """A temporary folder inside ``data_dir`` (same file system, so results can be renamed into place)."""
-    created = not data_dir.exists()
     try:
-        data_dir.mkdir(parents=True, exist_ok=True)
-        scratch = tempfile.TemporaryDirectory(dir=data_dir, prefix=".download-")
+        scratch = tempfile.TemporaryDirectory(dir=data_dir, prefix=".unpack-")
     except OSError as error:
         raise UserError(
             f"cannot write to data folder '{data_dir}' ({error.strerror or error}): pass a writable --data-dir"
         ) from None
-    try:
-        with scratch as folder:
-            yield Path(folder)
-    except BaseException:
-        if created:
-            with contextlib.suppress(OSError):
-                data_dir.rmdir()  # only succeeds when empty: nothing else is ever removed
-        raise
+    with scratch as folder:
+        yield Path(folder)
 
 
 def _unpack(archive: Path, scratch: Path, data_dir: Path, source: str) -> None:
@@ -181,50 +192,6 @@ def _unpack(archive: Path, scratch: Path, data_dir: Path, source: str) -> None:
     if target.exists():
         shutil.rmtree(target)
     os.replace(unpacked / ARCHIVE_FOLDER, target)
-
-
-def _fetch_verified(url: str, dest: Path, md5: str, attempts: int = 2) -> str | None:
-    """Download ``url`` to ``dest`` until its md5 is ``md5``, at most ``attempts`` times.
-
-    Returns ``None`` on success, else what went wrong the last time.
-    """
-    problem = None
-    for _ in range(attempts):
-        try:
-            digest = _download(url, dest)
-        except (OSError, ValueError, http.client.HTTPException) as error:
-            # URLError, HTTPError and timeouts are OSErrors; http.client's other errors
-            # (IncompleteRead, BadStatusLine, ...) are not.
-            problem = f"failed ({_reason(error)})"
-            continue
-        if digest == md5:
-            return None
-        problem = f"gave a corrupt file (md5 {digest}, expected {md5})"
-    return problem
-
-
-def _download(url: str, dest: Path) -> str:
-    """Copy ``url`` to ``dest``; return the md5 of what arrived. A short transfer raises."""
-    digest = hashlib.md5()
-    received = 0
-    with urllib.request.urlopen(url, timeout=60) as response, dest.open("wb") as out:
-        expected = response.headers.get("Content-Length")
-        # read(n) returns b"" when the server closes early; only the length tells a short transfer.
-        while chunk := response.read(CHUNK_BYTES):
-            out.write(chunk)
-            digest.update(chunk)
-            received += len(chunk)
-    if expected is not None and expected.isdigit() and received != int(expected):
-        raise ConnectionError(f"the connection closed after {received} of {expected} bytes")
-    return digest.hexdigest()
-
-
-def _reason(error: BaseException) -> str:
-    if isinstance(error, urllib.error.HTTPError):
-        return str(error)  # "HTTP Error 404: Not Found"
-    if isinstance(error, urllib.error.URLError):
-        return str(error.reason)
-    return str(error) or type(error).__name__
 
 
 # --- image folder -----------------------------------------------------------------

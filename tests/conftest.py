@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import pickle
+import socket
 from pathlib import Path
 
 import numpy as np
@@ -10,7 +11,7 @@ import pytest
 import torch
 from PIL import Image
 
-from lenet_lightning import CIFAR10_CLASSES
+from lenet_lightning import CIFAR10_CLASSES, download
 
 
 def synthetic_images(num_per_class: int, seed: int) -> tuple[np.ndarray, np.ndarray]:
@@ -41,6 +42,14 @@ def write_cifar_archive(root: Path, train_per_class: int = 60, test_per_class: i
     return root
 
 
+def closed_port_url() -> str:
+    """A URL on 127.0.0.1 where nothing listens: connecting is refused at once."""
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        port = probe.getsockname()[1]
+    return f"http://127.0.0.1:{port}/cifar-10-python.tar.gz"
+
+
 def write_image_folder(root: Path, train_per_class: int = 8, test_per_class: int = 3) -> Path:
     """``train/<class>/*.png`` and ``test/<class>/*.jpg`` with the synthetic images."""
     for split, per_class, suffix, seed in (("train", train_per_class, "png", 2), ("test", test_per_class, "jpg", 3)):
@@ -69,3 +78,10 @@ def isolated_cache(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
     monkeypatch.setenv("LENET_LIGHTNING_CACHE", str(cache))
     torch.set_num_threads(2)
     return cache
+
+
+@pytest.fixture(autouse=True)
+def local_download_sources_only(monkeypatch: pytest.MonkeyPatch) -> None:
+    """No test ever reaches the internet: no built-in mirrors, no $LENET_LIGHTNING_DOWNLOAD_URL."""
+    monkeypatch.setattr(download, "MIRRORS", ())
+    monkeypatch.delenv(download.DOWNLOAD_URL_ENV, raising=False)
