@@ -16,11 +16,19 @@ from typing import Any
 
 from lenet_lightning import experiment
 from lenet_lightning.data import NORMALIZATIONS
-from lenet_lightning.errors import UserError
+from lenet_lightning.errors import PreemptedError, UserError
 from lenet_lightning.module import OPTIMIZERS, SCHEDULERS
 from lenet_lightning.predict import predict_files
 from lenet_lightning.runs import SETTINGS_KEY, find_last_checkpoint, load_checkpoint
-from lenet_lightning.settings import DEFAULTS, PRECISIONS, RECIPES, dump_config, load_config, resolve_settings
+from lenet_lightning.settings import (
+    DEFAULTS,
+    PRECISIONS,
+    RECIPES,
+    check_resume_changes,
+    dump_config,
+    load_config,
+    resolve_settings,
+)
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -120,6 +128,9 @@ def main(argv: Sequence[str] | None = None) -> dict[str, Any]:
     resume_from = resolve_checkpoint(args)
     saved = load_checkpoint(resume_from).get(SETTINGS_KEY) if resume_from else None
     config = load_config(args.config) if args.config else None
+    if saved is not None:
+        given = {key: value for key, value in vars(args).items() if value is not None}
+        check_resume_changes(saved, {**(config or {}), **given})
     settings = resolve_settings(vars(args), saved, config)
     if args.print_config:
         print(dump_config(settings), end="")
@@ -136,6 +147,9 @@ def run(argv: Sequence[str] | None = None) -> int:
             raise
         print(f"error: {error}", file=sys.stderr)
         return 2
+    except PreemptedError as stop:
+        print(f"stopped: {stop}", file=sys.stderr)
+        return PreemptedError.exit_code
     failed = result.get("predictions") is not None and not any("error" not in p for p in result["predictions"])
     return 1 if failed else 0
 

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import logging
 import os
+import shutil
 import warnings
 from collections.abc import Mapping
 from pathlib import Path
@@ -20,11 +21,12 @@ from lightning.fabric.utilities.exceptions import MisconfigurationException
 from lightning.pytorch.callbacks import Callback, ModelCheckpoint, TQDMProgressBar
 from lightning.pytorch.loggers import TensorBoardLogger
 from lightning.pytorch.utilities import rank_zero_only
+from lightning.pytorch.utilities.exceptions import SIGTERMException
 from typing_extensions import override
 
 from lenet_lightning.callbacks import FiniteLossGuard
 from lenet_lightning.data import CIFAR10DataModule
-from lenet_lightning.errors import UserError
+from lenet_lightning.errors import PreemptedError, UserError
 from lenet_lightning.module import LeNetClassifier
 from lenet_lightning.pictures import TensorBoardPictures, confusion_figure, save_figure
 from lenet_lightning.reporting import format_table, metrics_from_confusion, write_json
@@ -33,6 +35,7 @@ from lenet_lightning.runs import (
     VERSION_PREFIX,
     AtomicCheckpointIO,
     LastCheckpoint,
+    RunCheckpoint,
     SaveSettings,
     claim_run_dir,
     load_checkpoint,
@@ -63,23 +66,34 @@ def quiet_console() -> None:
 
 
 def train(settings: Mapping[str, Any], resume_from: Path | None = None, fast_dev_run: bool = False) -> dict[str, Any]:
-    """Fit, then test the best checkpoint; print the per-class table, write test_metrics.json, return the metrics."""
+    """Fit, then test the best checkpoint; print the per-class table, write test_metrics.json, return the metrics.
+
+    ``fast_dev_run`` (one batch of each stage) writes nothing: no run folder, no results.
+    """
     settings = {key: settings[key] for key in RUN_SETTINGS}
     check_numbers(settings)
     check_hardware(settings)
     L.seed_everything(settings["seed"], workers=True, verbose=False)
     datamodule = build_datamodule(settings)
     model = build_model(settings, datamodule.classes)
-    run_dir = run_dir_of(resume_from) if resume_from else new_run_dir(settings)
-    logger = build_logger(run_dir)
-    if launch_rank() == 0:
+    if resume_from:
+        run_dir = run_dir_of(resume_from)
+    elif fast_dev_run:
+        run_dir = Path(settings["log_dir"]) / settings["name"] / "fast_dev_run"  # never created: nothing is saved
+    else:
+        run_dir = new_run_dir(settings)
+    writes = launch_rank() == 0 and not fast_dev_run
+    if writes:
         (run_dir / "config.yaml").write_text(dump_config(settings))
+    logger = build_logger(run_dir)
     folder = RunFolderSync(run_dir)
     trainer = build_trainer(settings, logger, run_dir, fast_dev_run, [SaveSettings(settings), folder])
-    trainer.fit(model, datamodule=datamodule, ckpt_path=resume_from, weights_only=True)
+    fit(trainer, model, datamodule, resume_from, run_dir if writes and not resume_from else None)
     best = None if fast_dev_run else "best"
     trainer.test(model, datamodule=datamodule, ckpt_path=best, weights_only=True, verbose=False)
-    metrics = report_test(trainer, model, folder.run_dir, "test_metrics.json", "confusion_matrix.png")
+    metrics = report_test(trainer, model, None if fast_dev_run else folder.run_dir, "test_metrics.json")
+    if fast_dev_run:
+        return metrics
     callback = trainer.checkpoint_callback
     best_val = callback.best_model_score if isinstance(callback, ModelCheckpoint) else None
     # The HPARAMS tab compares runs by these two numbers.
@@ -94,6 +108,34 @@ def train(settings: Mapping[str, Any], resume_from: Path | None = None, fast_dev
 def launch_rank() -> int:
     """This process's global rank as its launcher (torchrun, SLURM, Lightning) set it, before any Trainer exists."""
     return int(getattr(rank_zero_only, "rank", 0))
+
+
+def fit(
+    trainer: L.Trainer,
+    model: LeNetClassifier,
+    datamodule: CIFAR10DataModule,
+    resume_from: Path | None,
+    claimed_dir: Path | None,
+) -> None:
+    """``trainer.fit``; SIGTERM becomes :class:`PreemptedError`, and a new run's folder goes if it never started.
+
+    Data problems surface inside ``fit`` (``prepare_data``/``setup``), after the run folder
+    was claimed: a folder that holds nothing but its ``config.yaml`` then goes again, so a
+    failed start does not shift the numbers of later runs.
+    """
+    try:
+        trainer.fit(model, datamodule=datamodule, ckpt_path=resume_from, weights_only=True)
+    except SIGTERMException:
+        last = next((c for c in trainer.checkpoint_callbacks if isinstance(c, LastCheckpoint)), None)
+        if last is None or not last.path.is_file():
+            raise PreemptedError("stopped by SIGTERM before the first checkpoint: start the run again") from None
+        raise PreemptedError(
+            f"stopped by SIGTERM at step {trainer.global_step}; resume with: python train.py --ckpt-path {last.path}"
+        ) from None
+    except BaseException:
+        if claimed_dir is not None and {p.name for p in claimed_dir.iterdir()} <= {"config.yaml"}:
+            shutil.rmtree(claimed_dir, ignore_errors=True)
+        raise
 
 
 def new_run_dir(settings: Mapping[str, Any]) -> Path:
@@ -130,7 +172,7 @@ def build_trainer(
     fast_dev_run: bool,
     extra_callbacks: list[Callback],
 ) -> L.Trainer:
-    best = ModelCheckpoint(
+    best = RunCheckpoint(
         dirpath=run_dir / "checkpoints",
         filename="best-epoch{epoch:03d}-acc{val/acc:.4f}",
         monitor="val/acc",
@@ -176,19 +218,30 @@ class RunFolderSync(Callback):
         self.run_dir = Path(trainer.strategy.broadcast(str(self.run_dir), src=0))
 
 
-def report_test(
-    trainer: L.Trainer, model: LeNetClassifier, run_dir: Path, result_name: str, figure_name: str
-) -> dict[str, Any]:
-    """Print the per-class table (rank 0), write the metrics JSON and confusion matrix PNG, return the metrics."""
+def report_test(trainer: L.Trainer, model: LeNetClassifier, run_dir: Path | None, result_name: str) -> dict[str, Any]:
+    """Print the per-class table (rank 0), then write the metrics JSON and confusion-matrix PNG into ``run_dir``.
+
+    The PNG is named like the JSON (``*_metrics.json`` -> ``*_confusion_matrix.png``).
+    The table comes first, so the results are seen even when they cannot be written.
+    """
     confusion = model.confusion["test"]
     metrics = metrics_from_confusion(confusion, model.class_names)
-    if trainer.is_global_zero:
-        run_dir.mkdir(parents=True, exist_ok=True)  # --fast-dev-run logs nothing, so nothing made it
+    if not trainer.is_global_zero:
+        return metrics
+    print(format_table(confusion, model.class_names))
+    if run_dir is None:
+        return metrics
+    figure_name = result_name.replace("metrics.json", "confusion_matrix.png").removeprefix("test_")
+    try:
         write_json(run_dir / result_name, metrics)
         figure = confusion_figure(confusion, model.class_names, "test confusion matrix (% of true class)")
         save_figure(figure, str(run_dir / figure_name))
-        print(format_table(confusion, model.class_names))
-        print(f"run folder: {run_dir}")
+    except OSError as error:
+        raise UserError(
+            f"cannot write the results to '{run_dir}' ({error.strerror}): the table above holds them; "
+            "copy the run folder somewhere writable to keep them as files"
+        ) from None
+    print(f"run folder: {run_dir}")
     return metrics
 
 
@@ -215,7 +268,7 @@ def evaluate(checkpoint_path: Path, overrides: Mapping[str, Any]) -> dict[str, A
     # Its own file, named after the checkpoint and data: the training run's test results stay as they were.
     stem = f"eval_{checkpoint_path.stem}_{datamodule.data_dir.absolute().name}"
     run_dir = run_dir_of(checkpoint_path)
-    metrics = report_test(trainer, model, run_dir, f"{stem}_metrics.json", f"{stem}_confusion_matrix.png")
+    metrics = report_test(trainer, model, run_dir, f"{stem}_metrics.json")
     print(f"evaluation of '{checkpoint_path}' on '{datamodule.data_dir}': {run_dir / stem}_metrics.json")
     return metrics
 

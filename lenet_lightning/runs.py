@@ -20,6 +20,7 @@ from lightning.pytorch.plugins.io import TorchCheckpointIO
 from typing_extensions import override
 
 from lenet_lightning.errors import UserError
+from lenet_lightning.module import LeNetClassifier
 
 SETTINGS_KEY = "lenet_lightning_settings"
 VERSION_PREFIX = "version_"
@@ -109,8 +110,42 @@ class AtomicCheckpointIO(TorchCheckpointIO):
             tmp.unlink(missing_ok=True)
 
 
-class LastCheckpoint(ModelCheckpoint):
-    """``last.ckpt``: replaced at every epoch's end (after its validation) and, optionally, every N steps.
+class RunCheckpoint(ModelCheckpoint):
+    """A ``ModelCheckpoint`` whose saved state names files relative to its folder.
+
+    Lightning stores absolute paths (``dirpath``, ``best_model_path``, ...) in each
+    checkpoint and, on resume, forgets the best score when ``dirpath`` differs, so a
+    run started with a relative ``--log-dir`` from another folder, or a moved run
+    folder, would pick a different best checkpoint. Stored relative to the
+    checkpoint folder, the state is valid wherever the run folder is now.
+    """
+
+    PATH_KEYS = ("best_model_path", "kth_best_model_path", "last_model_path")
+
+    @override
+    def state_dict(self) -> dict[str, Any]:
+        state = super().state_dict()
+        folder = str(self.dirpath)
+        state["dirpath"] = "."
+        for key in self.PATH_KEYS:
+            state[key] = os.path.relpath(state[key], folder) if state.get(key) else state.get(key, "")
+        state["best_k_models"] = {os.path.relpath(k, folder): v for k, v in state.get("best_k_models", {}).items()}
+        return state
+
+    @override
+    def load_state_dict(self, state_dict: dict[str, Any]) -> None:
+        if state_dict.get("dirpath") == ".":
+            folder = str(self.dirpath)
+            state_dict = {**state_dict, "dirpath": self.dirpath}
+            for key in self.PATH_KEYS:
+                if state_dict.get(key):
+                    state_dict[key] = os.path.join(folder, state_dict[key])
+            state_dict["best_k_models"] = {os.path.join(folder, k): v for k, v in state_dict["best_k_models"].items()}
+        super().load_state_dict(state_dict)
+
+
+class LastCheckpoint(RunCheckpoint):
+    """``last.ckpt``: replaced at every epoch's end (after its validation), every N steps, and on SIGTERM.
 
     A ``ModelCheckpoint`` only so that Lightning runs it after the other callbacks, like
     the best-checkpoint callback before it: ``last.ckpt`` then holds that callback's
@@ -124,15 +159,29 @@ class LastCheckpoint(ModelCheckpoint):
         super().__init__(dirpath=dirpath, filename="last", save_top_k=0)
         self.path = dirpath / "last.ckpt"
         self.every_n_train_steps = every_n_train_steps
+        self.saved_on_sigterm = False
+        self._sigterm_at_batch_start = False
+
+    @override
+    def on_train_batch_start(
+        self, trainer: L.Trainer, pl_module: L.LightningModule, batch: Any, batch_idx: int
+    ) -> None:
+        # Under DDP Lightning shares rank 0's SIGTERM with every rank just before this hook, so this
+        # snapshot is the same on all ranks (they must all take part in a save).
+        self._sigterm_at_batch_start = trainer.received_sigterm
 
     @override
     def on_train_batch_end(
         self, trainer: L.Trainer, pl_module: L.LightningModule, outputs: Any, batch: Any, batch_idx: int
     ) -> None:
+        if trainer.fast_dev_run or batch_idx + 1 == trainer.num_training_batches:  # type: ignore[attr-defined]
+            return
+        # Lightning stops after this step when SIGTERM (a preemption) has arrived: save it first.
+        stopping = trainer.received_sigterm if trainer.world_size == 1 else self._sigterm_at_batch_start
         every = self.every_n_train_steps
-        last_batch = batch_idx + 1 == trainer.num_training_batches
-        if every and trainer.global_step % every == 0 and not last_batch and not trainer.fast_dev_run:  # type: ignore[attr-defined]
+        if stopping or (every and trainer.global_step % every == 0):
             trainer.save_checkpoint(self.path, weights_only=False)
+            self.saved_on_sigterm = stopping
 
     @override
     def on_validation_end(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
@@ -187,4 +236,23 @@ def load_checkpoint(path: Path) -> dict[str, Any]:
         raise UserError(f"'{path}' is not a lenet-lightning checkpoint: pass a .ckpt written by train.py")
     if not any(key.startswith("net.") for key in checkpoint["state_dict"]):
         raise UserError(f"'{path}' is a checkpoint of another model: pass a .ckpt written by train.py")
+    check_weights(path, checkpoint)
     return checkpoint
+
+
+def check_weights(path: Path, checkpoint: dict[str, Any]) -> None:
+    """Every weight of the model the checkpoint describes is there, with its shape (else one line)."""
+    try:
+        expected = LeNetClassifier(**checkpoint["hyper_parameters"]).state_dict()
+    except (TypeError, UserError) as error:
+        raise UserError(f"'{path}' holds settings this version cannot build a model from ({error})") from None
+    found = checkpoint["state_dict"]
+    missing = sorted(set(expected) - set(found))
+    wrong = [k for k in expected if k in found and tuple(found[k].shape) != tuple(expected[k].shape)]
+    if missing or wrong:
+        problem = f"missing {missing[:3]}" if missing else f"{wrong[0]} has shape {tuple(found[wrong[0]].shape)}"
+        raise UserError(
+            f"'{path}' does not match the model it describes ({problem}, expected "
+            f"{tuple(expected[wrong[0]].shape) if wrong and not missing else 'all weights'}): "
+            "it is damaged or was edited; use another checkpoint of the run (e.g. last.ckpt or best-*.ckpt)"
+        )

@@ -104,6 +104,25 @@ DATA_KEYS = (
     "download_url",
 )
 
+# What may differ when a run is resumed: where and how it runs, not what it computes. Everything
+# else (the recipe, epochs, batch size, seed, split) shapes the schedule or the data order.
+CHANGEABLE_ON_RESUME = (
+    "accelerator",
+    "devices",
+    "strategy",
+    "num_nodes",
+    "precision",
+    "deterministic",
+    "data_dir",
+    "cache_dir",
+    "download_url",
+    "num_workers",
+    "log_dir",
+    "name",
+    "checkpoint_every_n_steps",
+    "log_every_n_steps",
+)
+
 # Lightning's --precision values, each either supported here or refused with what to use instead.
 PRECISIONS = ("32-true", "64-true", "bf16-mixed", "bf16-true", "16-mixed", "16-true")
 PRECISION_ALIASES = {"32": "32-true", "64": "64-true", "16": "16-mixed", "bf16": "bf16-mixed"}
@@ -129,6 +148,22 @@ def resolve_settings(
     settings["precision"] = PRECISION_ALIASES.get(str(settings["precision"]), str(settings["precision"]))
     settings["devices"] = str(settings["devices"])
     return settings
+
+
+def check_resume_changes(saved: Mapping[str, Any], requested: Mapping[str, Any]) -> None:
+    """Refuse settings that a resumed run cannot change (``requested``: flags and config file, ``None``: not given)."""
+    changed = [
+        key
+        for key, value in requested.items()
+        if value is not None and key in RUN_SETTINGS and key not in CHANGEABLE_ON_RESUME and key in saved
+        if str(value) != str(saved[key])
+    ]
+    if changed:
+        given = ", ".join(f"{flag(key)} {requested[key]} (checkpoint: {saved[key]})" for key in changed)
+        raise UserError(
+            f"cannot change {given} when resuming: they shape the schedule and the data order; start a new run "
+            "instead, e.g. --config <run folder>/config.yaml with the new values"
+        )
 
 
 def check_numbers(settings: Mapping[str, Any]) -> None:
