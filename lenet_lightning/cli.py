@@ -8,7 +8,6 @@ a non-zero exit code.
 from __future__ import annotations
 
 import argparse
-import json
 import logging
 import os
 import sys
@@ -33,10 +32,11 @@ from lenet_lightning.checkpoints import (
 )
 from lenet_lightning.data import NORMALIZATIONS, CIFAR10DataModule
 from lenet_lightning.errors import UserError
+from lenet_lightning.export import export_bundle
 from lenet_lightning.guards import FiniteLossGuard, check_numbers
 from lenet_lightning.module import OPTIMIZERS, SCHEDULERS, LeNetClassifier
 from lenet_lightning.pictures import TensorBoardPictures, confusion_figure, save_figure
-from lenet_lightning.predict import predict_files
+from lenet_lightning.predict import predict_paths
 from lenet_lightning.recipes import RECIPES
 from lenet_lightning.reporting import format_table, metrics_from_confusion, write_json
 
@@ -75,9 +75,21 @@ def build_parser() -> argparse.ArgumentParser:
     modes = parser.add_argument_group("what to do (default: train)")
     modes.add_argument("--evaluate", action="store_true", help="test the checkpoint given by --ckpt-path")
     modes.add_argument(
-        "--predict", nargs="+", metavar="IMAGE", help="classify these files with --ckpt-path (default: none)"
+        "--predict",
+        nargs="+",
+        metavar="PATH",
+        help="classify these image files and folders (recursively) with --ckpt-path (default: none)",
     )
     modes.add_argument("--json", action="store_true", help="with --predict: print JSON instead of text")
+    modes.add_argument(
+        "--output", metavar="FILE", help="with --predict: write results.csv or results.json (default: print)"
+    )
+    modes.add_argument(
+        "--export",
+        metavar="DIR",
+        help="write a verified ONNX + torch.export bundle of --ckpt-path to DIR (default: none)",
+    )
+    modes.add_argument("--force", action="store_true", help="with --export: replace the bundle in a non-empty DIR")
     modes.add_argument(
         "--ckpt-path",
         help="checkpoint to resume training from ('last': the newest run's last.ckpt), or to evaluate/predict "
@@ -151,6 +163,8 @@ def main(argv: Sequence[str] | None = None) -> dict[str, Any]:
     configure_console()
     if args.predict:
         return {"predictions": predict(args)}
+    if args.export:
+        return export(args)
     if args.evaluate:
         return evaluate(args)
     return train(args)
@@ -392,21 +406,32 @@ def _given(args: argparse.Namespace, keys: Sequence[str]) -> dict[str, Any]:
 
 
 def predict(args: argparse.Namespace) -> list[dict[str, Any]]:
-    """Top-3 classes of each file; unreadable files get an error entry, the rest still run."""
+    """Top-3 classes of each file (folders: every image in them); unreadable files get an error entry."""
     if args.ckpt_path is None:
         raise UserError("--predict needs --ckpt-path <checkpoint.ckpt>")
-    path = Path(args.ckpt_path)
-    checkpoint = load_checkpoint(path)
-    model = LeNetClassifier.load_from_checkpoint(path, map_location="cpu", weights_only=True)
-    normalization = checkpoint.get("datamodule_hyper_parameters", {}).get("normalization", "cifar10")
-    results = predict_files(model, [Path(p) for p in args.predict], NORMALIZATIONS[normalization])
-    if args.json:
-        print(json.dumps(results, indent=2))
-    else:
-        for result in results:
-            if "error" in result:
-                print(f"{result['file']}: error: {result['error']}", file=sys.stderr)
-            else:
-                top = ", ".join(f"{c['class']} {100 * c['probability']:.1f}%" for c in result["top3"])
-                print(f"{result['file']}: {top}")
-    return results
+    output = Path(args.output) if args.output else None
+    return predict_paths(Path(args.ckpt_path), [Path(p) for p in args.predict], output=output, as_json=args.json)
+
+
+# --- export -------------------------------------------------------------------------
+
+
+def export(args: argparse.Namespace) -> dict[str, Any]:
+    """Write and verify the bundle; print its files and the verification numbers."""
+    checkpoint = resolve_resume(args)
+    if checkpoint is None:
+        raise UserError("--export needs --ckpt-path <checkpoint.ckpt>")
+    summary = export_bundle(
+        checkpoint, Path(args.export), force=args.force, data_dir=args.data_dir, cache_dir=args.cache_dir
+    )
+    for name, info in summary["files"].items():
+        print(f"{info['bytes']:>10,} bytes  {name}  sha256 {info['sha256'][:16]}...")
+    check = summary["verification"]
+    for runtime in ("onnxruntime", "torch.export"):
+        result = check[runtime]
+        print(
+            f"verified {runtime}: same top-1 class on {result['top1_agree']}/{check['images']} test images, "
+            f"largest probability difference {result['max_abs_prob_diff']:.2e}"
+        )
+    print(f"bundle: {summary['out_dir']}")
+    return summary

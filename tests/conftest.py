@@ -69,3 +69,14 @@ def isolated_cache(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
     monkeypatch.setenv("LENET_LIGHTNING_CACHE", str(cache))
     torch.set_num_threads(2)
     return cache
+
+
+@pytest.fixture(scope="session")
+def small_checkpoint(cifar_archive: Path, tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """The best checkpoint of one cheap training run on the synthetic archive (export and predict tests)."""
+    from lenet_lightning.cli import main
+
+    log_dir = tmp_path_factory.mktemp("small-run")
+    flags = ["--data-dir", str(cifar_archive), "--log-dir", str(log_dir), "--accelerator", "cpu", "--seed", "3"]
+    main([*flags, "--max-epochs", "2", "--batch-size", "32", "--val-size", "100", "--log-every-n-steps", "5"])
+    return next((log_dir / "lenet" / "version_0" / "checkpoints").glob("best-*.ckpt"))
