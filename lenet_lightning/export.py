@@ -97,8 +97,8 @@ def classifier_from_checkpoint(checkpoint: dict[str, Any]) -> tuple[ImageClassif
     """
     class_names = tuple(checkpoint["hyper_parameters"].get("class_names") or CIFAR10_CLASSES)
     net = LeNet5(len(class_names))
-    weights = {key.removeprefix("net."): value for key, value in checkpoint["state_dict"].items()}
-    net.load_state_dict({key: value for key, value in weights.items() if key in net.state_dict()})
+    state = checkpoint["state_dict"]
+    net.load_state_dict({key.removeprefix("net."): value for key, value in state.items() if key.startswith("net.")})
     normalization = checkpoint.get("datamodule_hyper_parameters", {}).get("normalization", "cifar10")
     return ImageClassifier(net, *NORMALIZATIONS[normalization]).eval(), class_names
 
@@ -205,9 +205,12 @@ def load_test_data(checkpoint: dict[str, Any], data_dir: str | None, cache_dir: 
     }
 
 
-def count_training_images(folder: Path, source: str) -> int:
+def count_training_images(folder: Path, source: str) -> int | None:
+    """How many training images the data holds (``None``: only its test split is here)."""
     if source == "archive":
         return len(load_archive_split(folder / ARCHIVE_FOLDER, train=True)[1])
+    if not (folder / "train").is_dir():
+        return None
     return len(list_image_folder(folder / "train"))
 
 
@@ -328,10 +331,11 @@ def model_card(
 
 
 def data_card(data: dict[str, Any]) -> dict[str, Any]:
-    val_size = data["val_size"]
+    val_size, total = data["val_size"], data["train_images"]
+    train = "unknown number of" if total is None or val_size is None else str(total - val_size)
     return {
         "source": f"{data['source']} at '{data['data_dir']}'",
-        "train": f"{data['train_images'] - val_size} images: the training split minus the validation images",
+        "train": f"{train} images: the training split minus the validation images",
         "validation": f"{val_size} images held out of the training split at random (seed {data['seed']})",
         "test": f"{len(data['labels'])} images: the test split, never used for training or model selection",
     }
@@ -438,7 +442,7 @@ def metrics_lines(metrics: dict[str, Any]) -> list[str]:
     agreement = (
         "the same checkpoint"
         if metrics["same_checkpoint"]
-        else "NOT this checkpoint: the file describes another checkpoint of the run"
+        else "DIFFERENT: the file describes another checkpoint of the run, or other test data"
     )
     return [
         f"From `{metrics['source']}`: overall {100 * metrics['accuracy']:.2f} % "

@@ -155,3 +155,14 @@ def test_readme_examples_classify_an_image_without_this_project(marker, bundle, 
     expected = model(torch.from_numpy(image)[None])[0].detach()
     assert name == class_names[int(expected.argmax())]
     assert float(probability) == pytest.approx(float(expected.max()), abs=1e-5)
+
+
+def test_card_says_when_test_metrics_describe_another_checkpoint(trained_checkpoint, tmp_path):
+    run_dir = tmp_path / "run"
+    (run_dir / "checkpoints").mkdir(parents=True)
+    copy = run_dir / "checkpoints" / "other.ckpt"
+    copy.write_bytes(trained_checkpoint.read_bytes())
+    (run_dir / "test_metrics.json").write_text(json.dumps({"test/acc": 0.0, "test/acc_cat": 0.0}))
+    card = export_bundle(copy, tmp_path / "bundle")["card"]
+    assert card["test_metrics"]["accuracy"] == 0.0 and not card["test_metrics"]["same_checkpoint"]
+    assert "DIFFERENT" in (tmp_path / "bundle" / "model_card.md").read_text()
