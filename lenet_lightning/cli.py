@@ -32,7 +32,7 @@ from lenet_lightning.checkpoints import (
 )
 from lenet_lightning.data import NORMALIZATIONS, CIFAR10DataModule
 from lenet_lightning.errors import UserError
-from lenet_lightning.export import export_bundle
+from lenet_lightning.export import export_bundle, summary_text
 from lenet_lightning.guards import FiniteLossGuard, check_numbers
 from lenet_lightning.module import OPTIMIZERS, SCHEDULERS, LeNetClassifier
 from lenet_lightning.pictures import TensorBoardPictures, confusion_figure, save_figure
@@ -424,14 +424,5 @@ def export(args: argparse.Namespace) -> dict[str, Any]:
     summary = export_bundle(
         checkpoint, Path(args.export), force=args.force, data_dir=args.data_dir, cache_dir=args.cache_dir
     )
-    for name, info in summary["files"].items():
-        print(f"{info['bytes']:>10,} bytes  {name}  sha256 {info['sha256'][:16]}...")
-    check = summary["verification"]
-    for runtime in ("onnxruntime", "torch.export"):
-        result = check[runtime]
-        print(
-            f"verified {runtime}: same top-1 class on {result['top1_agree']}/{check['images']} test images, "
-            f"largest probability difference {result['max_abs_prob_diff']:.2e}"
-        )
-    print(f"bundle: {summary['out_dir']}")
+    print(summary_text(summary))
     return summary

@@ -157,6 +157,18 @@ def export_bundle(
     return {"out_dir": str(out_dir), "files": files, "verification": verification, "card": card}
 
 
+def summary_text(summary: dict[str, Any]) -> str:
+    """What ``--export`` prints: each file with its size, the verification numbers, the folder."""
+    lines = [f"{info['bytes']:>10,} bytes  {name}  sha256 {info['sha256']}" for name, info in summary["files"].items()]
+    check = summary["verification"]
+    for runtime in ("onnxruntime", "torch.export"):
+        lines.append(
+            f"verified {runtime}: same top-1 class on {check[runtime]['top1_agree']}/{check['images']} test images, "
+            f"largest probability difference {check[runtime]['max_abs_prob_diff']:.2e}"
+        )
+    return "\n".join([*lines, f"bundle: {summary['out_dir']}"])
+
+
 def check_target(out_dir: Path, force: bool) -> None:
     if out_dir.exists() and not out_dir.is_dir():
         raise UserError(f"'{out_dir}' is a file: pass a folder to --export")
@@ -167,10 +179,10 @@ def check_target(out_dir: Path, force: bool) -> None:
 @contextlib.contextmanager
 def staging_folder(out_dir: Path) -> Iterator[Path]:
     """A temporary folder beside ``out_dir`` (same file system), removed whatever happens."""
-    parent = out_dir.resolve().parent
+    target = out_dir.resolve()  # "." has no name of its own; its resolved path does
     try:
-        parent.mkdir(parents=True, exist_ok=True)
-        folder = tempfile.mkdtemp(dir=parent, prefix=f".{out_dir.name}.export-")
+        target.parent.mkdir(parents=True, exist_ok=True)
+        folder = tempfile.mkdtemp(dir=target.parent, prefix=f".{target.name}.export-")
     except OSError as error:
         raise UserError(f"cannot write next to '{out_dir}' ({error.strerror}): pass a writable --export DIR") from None
     try:
