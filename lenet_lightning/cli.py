@@ -8,7 +8,6 @@ exit code 2. The work itself is in :mod:`lenet_lightning.experiment`.
 from __future__ import annotations
 
 import argparse
-import json
 import sys
 from collections.abc import Sequence
 from pathlib import Path
@@ -17,8 +16,9 @@ from typing import Any
 from lenet_lightning import experiment
 from lenet_lightning.data import NORMALIZATIONS
 from lenet_lightning.errors import PreemptedError, UserError
+from lenet_lightning.export import export_bundle, summary_text
 from lenet_lightning.module import OPTIMIZERS, SCHEDULERS
-from lenet_lightning.predict import predict_files
+from lenet_lightning.predict import predict_paths
 from lenet_lightning.runs import SETTINGS_KEY, find_last_checkpoint, load_checkpoint
 from lenet_lightning.settings import (
     DEFAULTS,
@@ -43,9 +43,21 @@ def build_parser() -> argparse.ArgumentParser:
     modes = parser.add_argument_group("what to do (default: train)")
     modes.add_argument("--evaluate", action="store_true", help="test the checkpoint given by --ckpt-path")
     modes.add_argument(
-        "--predict", nargs="+", metavar="IMAGE", help="classify these files with --ckpt-path (default: none)"
+        "--predict",
+        nargs="+",
+        metavar="PATH",
+        help="classify these image files and folders (recursively) with --ckpt-path (default: none)",
     )
     modes.add_argument("--json", action="store_true", help="with --predict: print JSON instead of text")
+    modes.add_argument(
+        "--output", metavar="FILE", help="with --predict: write results.csv or results.json (default: print)"
+    )
+    modes.add_argument(
+        "--export",
+        metavar="DIR",
+        help="write a verified ONNX + torch.export bundle of --ckpt-path to DIR (default: none)",
+    )
+    modes.add_argument("--force", action="store_true", help="with --export: replace the bundle in a non-empty DIR")
     modes.add_argument(
         "--ckpt-path",
         help="checkpoint to resume training from ('last': the newest run's last.ckpt), or to evaluate/predict "
@@ -121,6 +133,8 @@ def main(argv: Sequence[str] | None = None) -> dict[str, Any]:
     experiment.quiet_console()
     if args.predict:
         return {"predictions": predict(args)}
+    if args.export:
+        return export(args)
     if args.evaluate:
         if args.ckpt_path is None:
             raise UserError("--evaluate needs --ckpt-path <checkpoint.ckpt>")
@@ -167,18 +181,21 @@ def resolve_last(args: argparse.Namespace) -> Path:
 
 
 def predict(args: argparse.Namespace) -> list[dict[str, Any]]:
-    """Top-3 classes of each file; unreadable files get an error entry, the rest still run."""
+    """Top-3 classes of each file (folders: every image in them); unreadable files get an error entry."""
     if args.ckpt_path is None:
         raise UserError("--predict needs --ckpt-path <checkpoint.ckpt>")
-    model, mean, std = experiment.load_classifier(resolve_checkpoint(args) or resolve_last(args))
-    results = predict_files(model, [Path(p) for p in args.predict], (mean, std))
-    if args.json:
-        print(json.dumps(results, indent=2))
-    else:
-        for result in results:
-            if "error" in result:
-                print(f"{result['file']}: error: {result['error']}", file=sys.stderr)
-            else:
-                top = ", ".join(f"{c['class']} {100 * c['probability']:.1f}%" for c in result["top3"])
-                print(f"{result['file']}: {top}")
-    return results
+    output = Path(args.output) if args.output else None
+    checkpoint = resolve_checkpoint(args) or resolve_last(args)
+    return predict_paths(checkpoint, [Path(p) for p in args.predict], output=output, as_json=args.json)
+
+
+def export(args: argparse.Namespace) -> dict[str, Any]:
+    """Write and verify the bundle; print its files and the verification numbers."""
+    checkpoint = resolve_checkpoint(args)
+    if checkpoint is None:
+        raise UserError("--export needs --ckpt-path <checkpoint.ckpt>")
+    summary = export_bundle(
+        checkpoint, Path(args.export), force=args.force, data_dir=args.data_dir, cache_dir=args.cache_dir
+    )
+    print(summary_text(summary))
+    return summary

@@ -275,11 +275,3 @@ def evaluate(checkpoint_path: Path, overrides: Mapping[str, Any]) -> dict[str, A
 
 def _given(values: Mapping[str, Any], keys: tuple[str, ...]) -> dict[str, Any]:
     return {key: values[key] for key in keys if values.get(key) is not None}
-
-
-def load_classifier(checkpoint_path: Path) -> tuple[LeNetClassifier, tuple[float, ...], tuple[float, ...]]:
-    """The trained classifier of a checkpoint (CPU, eval mode) and the mean/std its inputs need."""
-    checkpoint = load_checkpoint(checkpoint_path)
-    model = LeNetClassifier.load_from_checkpoint(checkpoint_path, map_location="cpu", weights_only=True).eval()
-    data = CIFAR10DataModule(**checkpoint.get("datamodule_hyper_parameters", {}))
-    return model, data.mean, data.std

@@ -85,3 +85,14 @@ def local_download_sources_only(monkeypatch: pytest.MonkeyPatch) -> None:
     """No test ever reaches the internet: no built-in mirrors, no $LENET_LIGHTNING_DOWNLOAD_URL."""
     monkeypatch.setattr(download, "MIRRORS", ())
     monkeypatch.delenv(download.DOWNLOAD_URL_ENV, raising=False)
+
+
+@pytest.fixture(scope="session")
+def small_checkpoint(cifar_archive: Path, tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """The best checkpoint of one cheap training run on the synthetic archive (export and predict tests)."""
+    from lenet_lightning.cli import main
+
+    log_dir = tmp_path_factory.mktemp("small-run")
+    flags = ["--data-dir", str(cifar_archive), "--log-dir", str(log_dir), "--accelerator", "cpu", "--seed", "3"]
+    main([*flags, "--max-epochs", "2", "--batch-size", "32", "--val-size", "100", "--log-every-n-steps", "5"])
+    return next((log_dir / "lenet" / "version_0" / "checkpoints").glob("best-*.ckpt"))

@@ -1,0 +1,108 @@
+"""``--predict`` on folders: recursion, batches, unreadable files, CSV and JSON results, throughput."""
+
+import csv
+import json
+from pathlib import Path
+
+import pytest
+from PIL import Image
+
+from lenet_lightning import CIFAR10_CLASSES
+from lenet_lightning.cli import main, run
+from lenet_lightning.export import classifier_from_checkpoint
+from lenet_lightning.predict import OUTPUT_FIELDS, image_files, predict_files
+from lenet_lightning.runs import load_checkpoint
+from tests.conftest import synthetic_images
+
+
+@pytest.fixture(scope="session")
+def checkpoint(small_checkpoint):
+    return str(small_checkpoint)
+
+
+@pytest.fixture
+def photos(tmp_path):
+    """30 images in nested class folders (some not 32x32), a broken .png and a text file."""
+    images, labels = synthetic_images(3, seed=7)
+    for index, (image, label) in enumerate(zip(images, labels, strict=True)):
+        folder = tmp_path / "photos" / ("deep" if index % 2 else "") / CIFAR10_CLASSES[label]
+        folder.mkdir(parents=True, exist_ok=True)
+        picture = Image.fromarray(image.transpose(1, 2, 0))
+        (picture.resize((48, 40)) if index % 3 == 0 else picture).save(folder / f"{index:03d}.png")
+    (tmp_path / "photos" / "broken.png").write_bytes(b"\x89PNG not really")
+    (tmp_path / "photos" / "notes.txt").write_text("not an image, not listed")
+    return tmp_path / "photos"
+
+
+def truth(path: str) -> str:
+    return Path(path).parent.name
+
+
+def test_folders_are_searched_recursively_for_images(photos):
+    files = image_files([photos])
+    assert len(files) == 31 and files == sorted(files)
+    assert photos / "broken.png" in files and photos / "notes.txt" not in files
+
+
+def test_csv_has_exact_columns_an_error_row_and_every_other_file(checkpoint, photos, tmp_path, capsys):
+    output = tmp_path / "results.csv"
+    # Batches of 256 hold all 31 files: the broken one shares a batch with the good ones.
+    assert run(["--predict", str(photos), "--ckpt-path", checkpoint, "--output", str(output)]) == 0
+    with output.open(newline="") as file:
+        reader = csv.DictReader(file)
+        rows = list(reader)
+    assert tuple(reader.fieldnames or ()) == OUTPUT_FIELDS == ("file", "class", "probability", "top3", "error")
+    assert len(rows) == 31
+    broken = [row for row in rows if row["error"]]
+    assert [Path(row["file"]).name for row in broken] == ["broken.png"]
+    assert broken[0]["class"] == broken[0]["top3"] == "" and "broken.png" in broken[0]["error"]
+    good = [row for row in rows if not row["error"]]
+    accuracy = sum(row["class"] == truth(row["file"]) for row in good) / len(good)
+    assert accuracy > 0.3  # chance is 0.1; a third of the files are resized, which blurs their stripes
+    top3 = [entry.split(":") for entry in good[0]["top3"].split(";")]
+    assert len(top3) == 3 and top3[0] == [good[0]["class"], good[0]["probability"]]
+    captured = capsys.readouterr()
+    assert "images/s" in captured.err.splitlines()[-1] and "broken.png: error:" in captured.err
+    assert f"wrote 31 predictions to {output}" in captured.out
+
+
+def test_json_holds_the_same_fields(checkpoint, photos, tmp_path):
+    output = tmp_path / "results.json"
+    results = main(["--predict", str(photos), "--ckpt-path", checkpoint, "--output", str(output)])["predictions"]
+    saved = json.loads(output.read_text())
+    assert [tuple(entry) for entry in saved] == [OUTPUT_FIELDS] * 31
+    assert [entry["file"] for entry in saved] == [result["file"] for result in results]
+    good = next(entry for entry in saved if entry["error"] is None)
+    assert good["class"] == good["top3"][0]["class"] and good["probability"] == good["top3"][0]["probability"]
+    broken = next(entry for entry in saved if entry["error"] is not None)
+    assert broken["class"] is None and broken["top3"] is None
+
+
+def test_results_do_not_depend_on_the_batch_size(checkpoint, photos):
+    model, class_names = classifier_from_checkpoint(load_checkpoint(Path(checkpoint)))
+    files = image_files([photos])
+    small, whole = (predict_files(model, class_names, files, batch_size) for batch_size in (4, 256))
+    assert [(r["file"], r.get("class"), r.get("error")) for r in small] == [
+        (r["file"], r.get("class"), r.get("error")) for r in whole
+    ]
+    assert [r.get("probability", 0) for r in small] == pytest.approx([r.get("probability", 0) for r in whole], abs=2e-4)
+
+
+@pytest.mark.parametrize(
+    ("flags", "message"),
+    [
+        (["--output", "results.txt"], "name a .csv or .json file"),
+        (["--output", "missing-folder/results.csv"], "writable --output"),
+    ],
+)
+def test_bad_output_gets_one_line(flags, message, checkpoint, photos, tmp_path, monkeypatch, capsys):
+    monkeypatch.chdir(tmp_path)
+    assert run(["--predict", str(photos), "--ckpt-path", checkpoint, *flags]) == 2
+    err = capsys.readouterr().err
+    assert message in err.splitlines()[-1] and err.splitlines()[-1].startswith("error: ")
+
+
+def test_folder_without_images_gets_one_line(checkpoint, tmp_path, capsys):
+    (tmp_path / "empty").mkdir()
+    assert run(["--predict", str(tmp_path / "empty"), "--ckpt-path", checkpoint]) == 2
+    assert "no .png or .jpg images under folder" in capsys.readouterr().err
