@@ -162,7 +162,7 @@ def run(argv: Sequence[str] | None = None) -> int:
         print(f"error: {error}", file=sys.stderr)
         return 2
     except PreemptedError as stop:
-        print(f"stopped: {stop}", file=sys.stderr)
+        print(stop, file=sys.stderr)
         return PreemptedError.exit_code
     failed = result.get("predictions") is not None and not any("error" not in p for p in result["predictions"])
     return 1 if failed else 0

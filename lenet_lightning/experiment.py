@@ -7,6 +7,7 @@ result, nothing here parses a command line.
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import os
 import shutil
@@ -126,16 +127,26 @@ def fit(
     try:
         trainer.fit(model, datamodule=datamodule, ckpt_path=resume_from, weights_only=True)
     except SIGTERMException:
+        end_progress_bar(trainer)
         last = next((c for c in trainer.checkpoint_callbacks if isinstance(c, LastCheckpoint)), None)
         if last is None or not last.path.is_file():
             raise PreemptedError("stopped by SIGTERM before the first checkpoint: start the run again") from None
         raise PreemptedError(
-            f"stopped by SIGTERM at step {trainer.global_step}; resume with: python train.py --ckpt-path {last.path}"
+            f"stopped by SIGTERM at step {trainer.global_step}, last.ckpt saved; resume with: "
+            f"python train.py --ckpt-path {last.path}"
         ) from None
     except BaseException:
         if claimed_dir is not None and {p.name for p in claimed_dir.iterdir()} <= {"config.yaml"}:
             shutil.rmtree(claimed_dir, ignore_errors=True)
         raise
+
+
+def end_progress_bar(trainer: L.Trainer) -> None:
+    """Close the training bar of a stopped fit, so that it is not redrawn after the last message."""
+    bar = trainer.progress_bar_callback
+    if isinstance(bar, TQDMProgressBar):
+        with contextlib.suppress(TypeError):  # no bar was made yet
+            bar.train_progress_bar.close()
 
 
 def new_run_dir(settings: Mapping[str, Any]) -> Path:

@@ -57,3 +57,17 @@ def test_a_checkpoint_with_code_in_it_is_refused_before_anything_runs(mode, cifa
     line = error_line(capsys)
     assert line.startswith(f"error: refused to load '{evil}'") and "could run code" in line
     assert not marker.exists()
+
+
+@pytest.mark.parametrize("damage", ["missing weight", "wrong shape"])
+def test_a_damaged_checkpoint_gets_one_line_naming_the_problem(damage, small_checkpoint, tmp_path, capsys):
+    checkpoint = torch.load(small_checkpoint, weights_only=True)
+    if damage == "missing weight":
+        del checkpoint["state_dict"]["net.fc2.weight"]
+    else:
+        checkpoint["state_dict"]["net.fc3.weight"] = torch.zeros(5, 84)
+    torch.save(checkpoint, tmp_path / "damaged.ckpt")
+    assert run(["--evaluate", "--ckpt-path", str(tmp_path / "damaged.ckpt")]) == 2
+    line = error_line(capsys)
+    assert "does not match the model it describes" in line
+    assert ("net.fc2.weight" if damage == "missing weight" else "net.fc3.weight has shape (5, 84)") in line

@@ -8,6 +8,7 @@ from pathlib import Path
 import pytest
 import torch
 
+from lenet_lightning import experiment
 from lenet_lightning.cli import run
 from lenet_lightning.errors import UserError
 from tests.conftest import closed_port_url, write_cifar_archive, write_image_folder
@@ -157,3 +158,20 @@ def test_a_diverging_run_stops_with_a_clear_message_and_keeps_the_last_good_chec
     last = torch.load(tmp_path / "logs" / "lenet" / "version_0" / "checkpoints" / "last.ckpt", weights_only=True)
     assert 0 < last["global_step"] < failed_step  # saved before the loss went bad, not after
     assert finite(last["state_dict"])
+
+
+def test_evaluate_shows_its_table_even_when_the_run_folder_is_read_only(small_checkpoint, monkeypatch, capsys):
+    def read_only(*args, **kwargs):
+        raise OSError(30, "Read-only file system")
+
+    monkeypatch.setattr(experiment, "write_json", read_only)
+    assert run(["--evaluate", "--ckpt-path", str(small_checkpoint)]) == 2
+    captured = capsys.readouterr()
+    assert "overall" in captured.out
+    assert captured.err.strip().splitlines()[-1].startswith("error: cannot write the results to")
+    assert "Read-only file system" in captured.err
+
+
+def test_a_log_folder_name_too_long_for_the_file_system_gets_one_line(cifar_archive, tmp_path, capsys):
+    assert run(["--data-dir", str(cifar_archive), "--log-dir", str(tmp_path), "--name", "x" * 300]) == 2
+    assert "File name too long" in error_line(capsys)

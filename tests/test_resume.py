@@ -6,6 +6,7 @@ import signal
 import subprocess
 import sys
 import time
+import warnings
 from pathlib import Path
 
 import pytest
@@ -13,9 +14,10 @@ import torch
 from lightning.pytorch.callbacks import Callback
 
 from lenet_lightning import experiment
-from lenet_lightning.cli import main
+from lenet_lightning.cli import main, run
 from lenet_lightning.runs import AtomicCheckpointIO
 from tests.conftest import write_cifar_archive
+from tests.test_train import has_hparams, read_events
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -32,8 +34,6 @@ def train_py(*flags: str | Path) -> list[str]:
     return [sys.executable, str(ROOT / "train.py"), *map(str, flags)]
 
 
-# --- 1. exact resume after kill -9 ----------------------------------------------------------
-
 # 600 training images - 100 for validation = 500, in batches of 16: 32 steps per epoch.
 RESUME_FLAGS = [
     *("--accelerator", "cpu", "--batch-size", "16", "--val-size", "100", "--max-epochs", "3", "--seed", "5"),
@@ -49,60 +49,127 @@ def saved_step(path: Path) -> int | None:
         return None
 
 
-def test_kill_9_mid_epoch_then_resume_ends_bit_for_bit_like_an_uninterrupted_run(cifar_archive, tmp_path):
-    flags = ["--data-dir", cifar_archive, *RESUME_FLAGS]
-    logs = {name: open(tmp_path / f"{name}.log", "wb") for name in ("whole", "killed")}  # noqa: SIM115
-    whole = subprocess.Popen(
-        train_py(*flags, "--log-dir", tmp_path / "whole"), stdout=logs["whole"], stderr=subprocess.STDOUT
-    )
-    killed = subprocess.Popen(
-        train_py(*flags, "--log-dir", tmp_path / "killed"), stdout=logs["killed"], stderr=subprocess.STDOUT
-    )
-    last = tmp_path / "killed" / "lenet" / "version_0" / "checkpoints" / "last.ckpt"
-    try:
-        # Wait for a step checkpoint in the middle of the second epoch, early enough in the
-        # epoch that the next save (5 steps later) is mid-epoch too, then kill -9.
-        deadline, seen = time.monotonic() + 120, -1
-        while killed.poll() is None and time.monotonic() < deadline:
-            mtime = last.stat().st_mtime_ns if last.exists() else -1
-            if mtime != seen:
-                seen, step = mtime, saved_step(last)
-                if step is not None and step > STEPS_PER_EPOCH and 0 < step % STEPS_PER_EPOCH <= 20:
-                    break
-            time.sleep(0.01)
-        killed.send_signal(signal.SIGKILL)
-        assert killed.wait(timeout=30) == -signal.SIGKILL, "training ended before it could be killed"
-        checkpoint = torch.load(last, map_location="cpu", weights_only=True)
-        assert checkpoint["global_step"] % STEPS_PER_EPOCH != 0, "not a mid-epoch checkpoint"
-        assert checkpoint["loops"]["fit_loop"]["state_dict"]["combined_loader"][0]["position"] > 0
-
-        # No flags but the log folder: everything else comes from the checkpoint.
-        resumed = subprocess.run(
-            train_py("--ckpt-path", "last", "--log-dir", tmp_path / "killed"), capture_output=True, timeout=300
+@pytest.fixture(scope="module")
+def uninterrupted(cifar_archive: Path, tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """The run folder of one whole ``train.py`` process: what every interrupted run must end as."""
+    log_dir = tmp_path_factory.mktemp("whole")
+    with pytest.MonkeyPatch.context() as patch:
+        patch.setenv("OMP_NUM_THREADS", "1")  # as in every other process here: the same thread count, the same sums
+        done = subprocess.run(
+            train_py("--data-dir", cifar_archive, *RESUME_FLAGS, "--log-dir", log_dir), capture_output=True, timeout=300
         )
-        assert resumed.returncode == 0, resumed.stderr.decode(errors="replace")[-3000:]
-        assert whole.wait(timeout=300) == 0, (tmp_path / "whole.log").read_text(errors="replace")[-3000:]
-    finally:
-        for process in (whole, killed):
-            if process.poll() is None:
-                process.kill()
-                process.wait()
-        for file in logs.values():
-            file.close()
+    assert done.returncode == 0, done.stderr.decode(errors="replace")[-3000:]
+    return log_dir / "lenet" / "version_0"
 
-    runs = {name: tmp_path / name / "lenet" / "version_0" for name in ("whole", "killed")}
-    assert sorted(p.name for p in (tmp_path / "killed" / "lenet").iterdir()) == ["version_0"]
+
+def interrupt_mid_epoch(process: subprocess.Popen[bytes], last: Path, signum: int) -> int:
+    """Wait for a step checkpoint early in the second epoch, send ``signum``; return that step."""
+    deadline, seen, step = time.monotonic() + 120, -1, None
+    while process.poll() is None and time.monotonic() < deadline:
+        mtime = last.stat().st_mtime_ns if last.exists() else -1
+        if mtime != seen:
+            seen, step = mtime, saved_step(last)
+            # Early enough in the epoch that the next save (5 steps later) is mid-epoch too.
+            if step is not None and step > STEPS_PER_EPOCH and 0 < step % STEPS_PER_EPOCH <= 20:
+                break
+        time.sleep(0.01)
+    process.send_signal(signum)
+    assert step is not None
+    return step
+
+
+@pytest.mark.parametrize("signum", [signal.SIGKILL, signal.SIGTERM], ids=["kill-9", "sigterm"])
+def test_interrupted_mid_epoch_then_resumed_ends_bit_for_bit_like_an_uninterrupted_run(
+    signum, uninterrupted, cifar_archive, tmp_path
+):
+    out, err = (tmp_path / "out.log").open("wb"), (tmp_path / "err.log").open("wb")
+    process = subprocess.Popen(
+        train_py("--data-dir", cifar_archive, *RESUME_FLAGS, "--log-dir", tmp_path), stdout=out, stderr=err
+    )
+    last = tmp_path / "lenet" / "version_0" / "checkpoints" / "last.ckpt"
+    try:
+        step = interrupt_mid_epoch(process, last, signum)
+        code = process.wait(timeout=60)
+    finally:
+        if process.poll() is None:
+            process.kill()
+            process.wait()
+        out.close()
+        err.close()
+    output = (tmp_path / "err.log").read_text(errors="replace")
+    checkpoint = torch.load(last, map_location="cpu", weights_only=True)
+    if signum == signal.SIGKILL:
+        assert code == -signal.SIGKILL, "training ended before it could be killed"
+        assert checkpoint["global_step"] % STEPS_PER_EPOCH != 0, "not a mid-epoch checkpoint"
+    else:
+        # A preempted run is no success: it says how to resume, and last.ckpt holds the step it stopped at.
+        assert code == 143, output[-3000:]
+        stopped = output.replace("\r", "\n").strip().splitlines()[-1]
+        assert stopped.startswith("stopped by SIGTERM at step") and f"--ckpt-path {last}" in stopped, stopped
+        assert checkpoint["global_step"] >= step
+    assert checkpoint["loops"]["fit_loop"]["state_dict"]["combined_loader"][0]["position"] > 0
+
+    # No flags but the log folder: everything else comes from the checkpoint.
+    resumed = subprocess.run(train_py("--ckpt-path", "last", "--log-dir", tmp_path), capture_output=True, timeout=300)
+    assert resumed.returncode == 0, resumed.stderr.decode(errors="replace")[-3000:]
+    run_dir = tmp_path / "lenet" / "version_0"
+    assert sorted(p.name for p in (tmp_path / "lenet").iterdir()) == ["version_0"]
     # Identical files, not approximately equal numbers.
-    assert (runs["killed"] / "test_metrics.json").read_text() == (runs["whole"] / "test_metrics.json").read_text()
-    # The same best checkpoint was chosen, and training ended in exactly the same weights.
-    checkpoints = {
-        name: sorted(p.name for p in (folder / "checkpoints").glob("*.ckpt")) for name, folder in runs.items()
-    }
-    assert checkpoints["killed"] == checkpoints["whole"]
-    ends = {name: torch.load(folder / "checkpoints" / "last.ckpt", weights_only=True) for name, folder in runs.items()}
-    assert ends["killed"]["global_step"] == ends["whole"]["global_step"] == 3 * STEPS_PER_EPOCH
-    for key, value in ends["whole"]["state_dict"].items():
-        assert torch.equal(ends["killed"]["state_dict"][key], value), key
+    assert (run_dir / "test_metrics.json").read_text() == (uninterrupted / "test_metrics.json").read_text()
+    assert_same_checkpoints(run_dir, uninterrupted)
+
+
+def assert_same_checkpoints(run_dir: Path, reference: Path) -> None:
+    """The same best checkpoint was chosen, and training ended in exactly the same weights."""
+    names = [sorted(p.name for p in (folder / "checkpoints").glob("*.ckpt")) for folder in (run_dir, reference)]
+    assert names[0] == names[1]
+    ends = [torch.load(folder / "checkpoints" / "last.ckpt", weights_only=True) for folder in (run_dir, reference)]
+    assert ends[0]["global_step"] == ends[1]["global_step"]
+    for key, value in ends[1]["state_dict"].items():
+        assert torch.equal(ends[0]["state_dict"][key], value), key
+
+
+def test_hparams_reach_the_event_file_when_the_process_exits(uninterrupted):
+    """The HParams entry is flushed by the run itself, not by whatever happens at interpreter exit."""
+    hparams = [a for a in read_events(uninterrupted) if has_hparams(a)]
+    assert hparams, "no hparams entry in the event files"
+    content = hparams[-1].PluginTagToContent("hparams")
+    assert "_hparams_/session_start_info" in content and "_hparams_/experiment" in content
+
+
+class CrashAtEpoch(Callback):
+    def __init__(self, epoch: int) -> None:
+        self.epoch = epoch
+
+    def on_train_epoch_start(self, trainer, pl_module):
+        if trainer.current_epoch == self.epoch:
+            raise RuntimeError("simulated crash")
+
+
+def test_a_run_with_a_relative_log_dir_resumes_exactly_after_its_folder_moved(cifar_archive, tmp_path, monkeypatch):
+    monkeypatch.chdir(tmp_path)
+    flags = ["--data-dir", str(cifar_archive), "--accelerator", "cpu", "--batch-size", "32", "--val-size", "100"]
+    flags += ["--max-epochs", "3", "--seed", "2", "--lr", "0.2"]
+    whole = main([*flags, "--log-dir", "whole"])
+    build_trainer = experiment.build_trainer
+
+    def crashing_trainer(settings, logger, run_dir, fast_dev_run, extra_callbacks):
+        return build_trainer(settings, logger, run_dir, fast_dev_run, [*extra_callbacks, CrashAtEpoch(2)])
+
+    monkeypatch.setattr(experiment, "build_trainer", crashing_trainer)
+    with pytest.raises(RuntimeError, match="simulated crash"):
+        main([*flags, "--log-dir", "runs"])
+    monkeypatch.setattr(experiment, "build_trainer", build_trainer)
+    Path("runs").rename("moved")
+    last = Path("moved/lenet/version_0/checkpoints/last.ckpt")
+    # The recipe cannot change on resume (the schedule was built for 3 epochs); where it logs can.
+    assert run(["--ckpt-path", str(last), "--max-epochs", "5"]) == 2
+    with warnings.catch_warnings():
+        # Lightning forgets the best checkpoint's score when it thinks the folder changed, and says so.
+        warnings.filterwarnings("error", message=".*dirpath has changed.*")
+        resumed = main(["--ckpt-path", str(last), "--log-every-n-steps", "7"])
+    assert resumed == whole
+    assert_same_checkpoints(Path("moved/lenet/version_0"), Path("whole/lenet/version_0"))
 
 
 def test_a_checkpoint_write_leaves_only_the_checkpoint_and_never_touches_other_writers_files(tmp_path):

@@ -89,7 +89,7 @@ def test_event_files_hold_pictures_per_validation_epoch(trained_run):
 
 def test_event_files_hold_hparams_with_final_metrics(trained_run):
     metrics, run_dir = trained_run
-    hparams = [a for a in read_events(run_dir) if _has_hparams(a)]
+    hparams = [a for a in read_events(run_dir) if has_hparams(a)]
     assert hparams, "no hparams entry"
     accumulator = hparams[-1]
     content = accumulator.PluginTagToContent("hparams")
@@ -104,7 +104,7 @@ def test_event_files_hold_hparams_with_final_metrics(trained_run):
     assert test_acc == [pytest.approx(metrics["test/acc"])]
 
 
-def _has_hparams(accumulator: EventAccumulator) -> bool:
+def has_hparams(accumulator: EventAccumulator) -> bool:
     try:
         accumulator.PluginTagToContent("hparams")
     except KeyError:
@@ -249,3 +249,43 @@ def test_train_py_exits_non_zero_without_traceback_on_missing_gpu(tmp_path):
     assert done.returncode == 2
     assert "Traceback" not in done.stderr
     assert done.stderr.strip().splitlines() == [done.stderr.strip()]
+
+
+def test_two_runs_started_together_in_one_log_folder_each_get_their_own_folder(cifar_archive, tmp_path):
+    flags = train_args(cifar_archive, tmp_path, "--max-epochs", "1")
+    processes = [
+        subprocess.Popen(
+            [sys.executable, str(ROOT / "train.py"), *flags, "--seed", str(seed)],
+            stdout=subprocess.PIPE,
+            stderr=subprocess.PIPE,
+            text=True,
+        )
+        for seed in (1, 2)
+    ]
+    outputs = [process.communicate(timeout=300) for process in processes]
+    assert [p.returncode for p in processes] == [0, 0], [err[-2000:] for _, err in outputs]
+    assert sorted(p.name for p in (tmp_path / "lenet").iterdir()) == ["version_0", "version_1"]
+    folders = set()
+    for (out, _), seed in zip(outputs, (1, 2), strict=True):
+        run_dir = Path(out.split("run folder: ")[1].split()[0])
+        folders.add(run_dir)
+        # Each folder holds its own run: its settings, and the result that run printed.
+        assert f"seed: {seed}\n" in (run_dir / "config.yaml").read_text()
+        printed = float(out.split("overall")[1].split("%")[0])
+        assert json.loads((run_dir / "test_metrics.json").read_text())["test/acc"] * 100 == pytest.approx(
+            printed, abs=0.01
+        )
+    assert len(folders) == 2
+
+
+def test_fast_dev_run_writes_nothing(cifar_archive, tmp_path):
+    main(train_args(cifar_archive, tmp_path, "--fast-dev-run"))
+    assert not (tmp_path / "lenet").exists()
+
+
+def test_a_run_that_fails_to_start_leaves_no_run_folder(tmp_path, capsys):
+    broken = tmp_path / "data"
+    (broken / "train" / "cat").mkdir(parents=True)  # an image folder without images
+    assert run(train_args(broken, tmp_path / "logs")) == 2
+    assert "error:" in capsys.readouterr().err
+    assert list((tmp_path / "logs" / "lenet").iterdir()) == []  # the next run is version_0 again
