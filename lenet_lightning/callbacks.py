@@ -2,13 +2,15 @@
 
 from __future__ import annotations
 
+import contextlib
 import sys
 from collections.abc import Mapping
 from typing import Any
 
 import lightning as L
 import torch
-from lightning.pytorch.callbacks import Callback
+from lightning.pytorch.callbacks import Callback, TQDMProgressBar
+from lightning.pytorch.callbacks.progress.tqdm_progress import Tqdm
 from torch import Tensor
 from typing_extensions import override
 
@@ -69,3 +71,36 @@ class FiniteLossGuard(Callback):
             f"{problem} by step {trainer.global_step} (epoch {trainer.current_epoch}): training stopped, "
             f"the checkpoints keep the last good state; train again with a lower --lr (this run: {lr})"
         )
+
+
+class StderrProgressBar(TQDMProgressBar):
+    """Lightning's progress bars on stderr, so that stdout carries only results (tables, predictions).
+
+    Lightning makes each bar with ``file=sys.stdout``, read when the bar is made; it is
+    made while ``sys.stdout`` points at stderr.
+    """
+
+    @override
+    def init_sanity_tqdm(self) -> Tqdm:
+        with contextlib.redirect_stdout(sys.stderr):
+            return super().init_sanity_tqdm()
+
+    @override
+    def init_train_tqdm(self) -> Tqdm:
+        with contextlib.redirect_stdout(sys.stderr):
+            return super().init_train_tqdm()
+
+    @override
+    def init_validation_tqdm(self) -> Tqdm:
+        with contextlib.redirect_stdout(sys.stderr):
+            return super().init_validation_tqdm()
+
+    @override
+    def init_test_tqdm(self) -> Tqdm:
+        with contextlib.redirect_stdout(sys.stderr):
+            return super().init_test_tqdm()
+
+    @override
+    def init_predict_tqdm(self) -> Tqdm:
+        with contextlib.redirect_stdout(sys.stderr):
+            return super().init_predict_tqdm()

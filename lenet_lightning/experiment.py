@@ -25,7 +25,7 @@ from lightning.pytorch.utilities import rank_zero_only
 from lightning.pytorch.utilities.exceptions import SIGTERMException
 from typing_extensions import override
 
-from lenet_lightning.callbacks import FiniteLossGuard
+from lenet_lightning.callbacks import FiniteLossGuard, StderrProgressBar
 from lenet_lightning.data import CIFAR10DataModule
 from lenet_lightning.errors import PreemptedError, UserError
 from lenet_lightning.module import LeNetClassifier
@@ -131,8 +131,9 @@ def fit(
         last = next((c for c in trainer.checkpoint_callbacks if isinstance(c, LastCheckpoint)), None)
         if last is None or not last.path.is_file():
             raise PreemptedError("stopped by SIGTERM before the first checkpoint: start the run again") from None
+        saved = "last.ckpt saved" if last.saved_on_sigterm else "last.ckpt holds the latest epoch's end"
         raise PreemptedError(
-            f"stopped by SIGTERM at step {trainer.global_step}, last.ckpt saved; resume with: "
+            f"stopped by SIGTERM at step {trainer.global_step}, {saved}; resume with: "
             f"python train.py --ckpt-path {last.path}"
         ) from None
     except BaseException:
@@ -192,7 +193,7 @@ def build_trainer(
     )
     last = LastCheckpoint(run_dir / "checkpoints", every_n_train_steps=settings["checkpoint_every_n_steps"])
     # A redraw per step costs as much as a LeNet step at batch 4 (benchmarks/throughput.py).
-    progress = TQDMProgressBar(refresh_rate=10)
+    progress = StderrProgressBar(refresh_rate=10)
     devices = settings["devices"]
     try:
         trainer = L.Trainer(

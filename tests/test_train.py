@@ -278,9 +278,13 @@ def test_two_runs_started_together_in_one_log_folder_each_get_their_own_folder(c
     assert len(folders) == 2
 
 
-def test_fast_dev_run_writes_nothing(cifar_archive, tmp_path):
+def test_fast_dev_run_writes_nothing_and_bars_stay_off_stdout(cifar_archive, tmp_path, capsys):
     main(train_args(cifar_archive, tmp_path, "--fast-dev-run"))
     assert not (tmp_path / "lenet").exists()
+    captured = capsys.readouterr()
+    # Progress goes to stderr; stdout holds the results alone, for scripts and pipes.
+    assert "Epoch 0" in captured.err and "Epoch" not in captured.out and "Testing" not in captured.out
+    assert captured.out.splitlines()[0].startswith("class") and "overall" in captured.out
 
 
 def test_a_run_that_fails_to_start_leaves_no_run_folder(tmp_path, capsys):
