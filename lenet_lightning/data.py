@@ -11,7 +11,7 @@ import torch
 from typing_extensions import override
 
 from lenet_lightning.batches import Augmentation, BatchTransform, EpochShardSampler, TensorBatchLoader
-from lenet_lightning.download import source_urls
+from lenet_lightning.download import notice, source_urls
 from lenet_lightning.errors import UserError
 from lenet_lightning.sources import (
     ARCHIVE_NAME,
@@ -59,8 +59,9 @@ class CIFAR10DataModule(L.LightningDataModule):
         batch_size: images per batch (per process under DDP).
         num_workers: worker processes making batches (persistent); 0, the
             default, makes them in the main process, which measures faster (see README).
-        val_size: images carved from the training split for validation, with a
-            generator seeded by ``seed`` so every process gets the same split.
+        val_size: images carved from the training split for validation (at least 1:
+            the best checkpoint is chosen on them), with a generator seeded by
+            ``seed`` so every process gets the same split.
         seed: seeds the split, the shuffling (per epoch) and the augmentation (per batch).
         normalization: ``"cifar10"`` (true channel mean/std), ``"half"`` (the
             tutorial's ``Normalize(0.5, 0.5)``) or ``"none"`` (scale to [0, 1] only).
@@ -106,7 +107,12 @@ class CIFAR10DataModule(L.LightningDataModule):
         self.mean, self.std = resolve_normalization(normalization, mean, std)
         if batch_size < 1:
             raise UserError(f"--batch-size must be at least 1, got {batch_size}")
-        for flag, value in (("--val-size", val_size), ("--translate", translate), ("--num-workers", num_workers)):
+        if val_size < 1:
+            raise UserError(
+                f"--val-size must be at least 1, got {val_size}: the best checkpoint is chosen by validation "
+                "accuracy (the default holds out 5000 images)"
+            )
+        for flag, value in (("--translate", translate), ("--num-workers", num_workers)):
             if value < 0:
                 raise UserError(f"{flag} must be 0 or more, got {value}")
         if translate > 16:
@@ -155,10 +161,16 @@ class CIFAR10DataModule(L.LightningDataModule):
 
     @override
     def setup(self, stage: str | None = None) -> None:
-        """Load the splits ``stage`` needs: fit/validate use train+val, test/predict use test."""
+        """Load the splits ``stage`` needs: fit/validate use train+val, test/predict use test.
+
+        ``fit`` loads the test split too, so that a missing or broken one stops a run
+        before training rather than after it.
+        """
         if stage in (None, "fit", "validate") and self.train_split is None:
-            self.train_split, self.val_split = self._split_train(self._load(train=True))
-        if stage in (None, "test", "predict") and self.test_split is None:
+            train = self._load(train=True)
+            self._warn_missing_classes(train[1])
+            self.train_split, self.val_split = self._split_train(train)
+        if stage in (None, "fit", "test", "predict") and self.test_split is None:
             self.test_split = self._to_device(self._load(train=False))
 
     @override
@@ -186,6 +198,16 @@ class CIFAR10DataModule(L.LightningDataModule):
         """The split prepare_data loaded in this process, else loaded now."""
         prepared = self._prepared.pop(train, None)
         return prepared if prepared is not None else load_split(self.data_dir, train, self.cache_dir)
+
+    def _warn_missing_classes(self, labels: torch.Tensor) -> None:
+        """One line on stderr when a class has no training images (an image folder may be partial on purpose)."""
+        counts = torch.bincount(labels, minlength=self.num_classes).tolist()
+        missing = [name for name, count in zip(self.classes, counts, strict=True) if count == 0]
+        if missing and (self.trainer is None or self.trainer.is_global_zero):
+            notice(
+                f"warning: the training images in '{self.data_dir}' include no {', '.join(missing)}: "
+                "the model cannot learn to recognise them"
+            )
 
     def _split_train(self, split: Split) -> tuple[Split, Split]:
         images, labels = split

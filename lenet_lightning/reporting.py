@@ -4,19 +4,22 @@ from __future__ import annotations
 
 import json
 import os
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from pathlib import Path
 
 from torch import Tensor
 
 
-def metrics_from_confusion(confusion: Tensor, class_names: Sequence[str]) -> dict[str, float]:
-    """``test/acc`` and every ``test/acc_<class>`` from a confusion matrix (rows = true class)."""
+def metrics_from_confusion(confusion: Tensor, class_names: Sequence[str]) -> dict[str, float | None]:
+    """``test/acc`` and every ``test/acc_<class>`` from a confusion matrix (rows = true class).
+
+    A class without test images has no accuracy: ``None`` (``null`` in JSON), never NaN.
+    """
     correct = confusion.diag().double()
     totals = confusion.sum(dim=1).double()
-    metrics = {"test/acc": float(correct.sum() / totals.sum())}
+    metrics: dict[str, float | None] = {"test/acc": float(correct.sum() / totals.sum())}
     for name, hits, total in zip(class_names, correct.tolist(), totals.tolist(), strict=True):
-        metrics[f"test/acc_{name}"] = hits / total if total else float("nan")
+        metrics[f"test/acc_{name}"] = hits / total if total else None
     return metrics
 
 
@@ -34,8 +37,12 @@ def format_table(confusion: Tensor, class_names: Sequence[str]) -> str:
     return "\n".join(lines)
 
 
-def write_json(path: Path, data: dict[str, float]) -> None:
-    """Write ``data`` as JSON atomically (a reader never sees a half-written file)."""
+def write_json(path: Path, data: Mapping[str, float | None]) -> None:
+    """Write ``data`` as JSON atomically (a reader never sees a half-written file).
+
+    NaN and infinity are refused (``ValueError``): they are not JSON, and other tools reject the file.
+    """
+    text = json.dumps(data, indent=2, sort_keys=True, allow_nan=False) + "\n"
     tmp = path.with_suffix(f".tmp{os.getpid()}")
-    tmp.write_text(json.dumps(data, indent=2, sort_keys=True) + "\n")
+    tmp.write_text(text)
     os.replace(tmp, path)

@@ -27,17 +27,28 @@ def synthetic_images(num_per_class: int, seed: int) -> tuple[np.ndarray, np.ndar
     return np.clip(images, 0, 255).astype(np.uint8), labels
 
 
+def batch_pickle(images: np.ndarray, labels: list[int], name: str) -> bytes:
+    """One batch as the official files hold it: ``data`` ``(N, 3072)`` uint8, ``labels``, ``batch_label``,
+    ``filenames`` (bytes keys, as Python 3 reads the official Python 2 pickles with ``encoding='bytes'``)."""
+    batch = {
+        b"batch_label": name.encode(),
+        b"labels": labels,
+        b"data": images.reshape(len(images), -1),
+        b"filenames": [f"{index:05d}.png".encode() for index in range(len(images))],
+    }
+    return pickle.dumps(batch, protocol=4)  # 5 would pickle arrays with another numpy function
+
+
 def write_cifar_archive(root: Path, train_per_class: int = 60, test_per_class: int = 20) -> Path:
     """The official python layout: ``cifar-10-batches-py/data_batch_1..5``, ``test_batch``, ``batches.meta``."""
     folder = root / "cifar-10-batches-py"
     folder.mkdir(parents=True)
     images, labels = synthetic_images(train_per_class, seed=0)
     for index, chunk in enumerate(np.array_split(np.arange(len(labels)), 5), start=1):
-        batch = {"data": images[chunk].reshape(len(chunk), -1), "labels": labels[chunk].tolist()}
-        (folder / f"data_batch_{index}").write_bytes(pickle.dumps(batch))
+        batch = batch_pickle(images[chunk], labels[chunk].tolist(), f"training batch {index} of 5")
+        (folder / f"data_batch_{index}").write_bytes(batch)
     images, labels = synthetic_images(test_per_class, seed=1)
-    test = {"data": images.reshape(len(labels), -1), "labels": labels.tolist()}
-    (folder / "test_batch").write_bytes(pickle.dumps(test))
+    (folder / "test_batch").write_bytes(batch_pickle(images, labels.tolist(), "testing batch 1 of 1"))
     (folder / "batches.meta").write_bytes(pickle.dumps({"label_names": list(CIFAR10_CLASSES)}))
     return root
 

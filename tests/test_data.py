@@ -1,5 +1,9 @@
+import errno
 import os
+import re
+from collections.abc import Callable
 from pathlib import Path
+from typing import BinaryIO
 
 import numpy as np
 import pytest
@@ -66,7 +70,7 @@ def test_missing_data_without_download_names_the_fix(tmp_path):
 
 
 def test_image_folder_labels_match_class_folders(image_folder):
-    dm = make_dm(image_folder, val_size=0)
+    dm = make_dm(image_folder, val_size=10)
     dm.setup("test")
     images, labels = dm.test_split
     assert len(labels) == 30
@@ -269,3 +273,89 @@ def test_16_bit_png_keeps_its_pixels(tmp_path):
     assert image.dtype == torch.uint8 and image.shape == (3, 32, 32)
     assert torch.equal(image[0], image[2]) and image.min() == 0 and image.max() == 255
     assert torch.equal(image[0], torch.from_numpy(np.rint(ramp / 65535 * 255).astype(np.uint8)))
+
+
+# --- decode cache: checksummed, self-healing, optional -------------------------------
+
+
+def decoded_once(image_folder: Path, cache: Path) -> tuple[torch.Tensor, torch.Tensor, Path]:
+    """The test split decoded into ``cache``, and the cache file written for it."""
+    images, labels = sources.load_folder_split(image_folder / "test", cache)
+    (path,) = cache.glob("*.pt")
+    return images, labels, path
+
+
+def overwrite_pixels(path: Path, images: torch.Tensor) -> None:
+    """Change image bytes inside the cache file in place: it still loads, with other pixels."""
+    raw = bytearray(path.read_bytes())
+    start = raw.find(images.numpy().tobytes()[:256])
+    assert start > 0
+    raw[start : start + 64] = bytes(255 - b for b in raw[start : start + 64])
+    path.write_bytes(raw)
+
+
+def spoil_cache(case: str, path: Path, images: torch.Tensor) -> None:
+    if case == "overwritten bytes":
+        overwrite_pixels(path, images)
+    elif case == "truncated":
+        path.write_bytes(path.read_bytes()[: path.stat().st_size // 2])
+    elif case == "keys missing":
+        torch.save({"images": images}, path)
+    elif case == "not a cache file":
+        path.write_text("hello")
+
+
+@pytest.mark.parametrize("case", ["overwritten bytes", "truncated", "keys missing", "not a cache file"])
+def test_a_damaged_cache_is_rebuilt_with_a_notice(case, image_folder, isolated_cache, capsys):
+    images, labels, path = decoded_once(image_folder, isolated_cache)
+    spoil_cache(case, path, images)
+    capsys.readouterr()
+    again, again_labels = sources.load_folder_split(image_folder / "test", isolated_cache)
+    assert torch.equal(again, images) and torch.equal(again_labels, labels)
+    lines = capsys.readouterr().err.splitlines()
+    assert len(lines) == 1 and lines[0].startswith(f"the decoded-image cache '{path}' is damaged"), lines
+    assert lines[0].endswith("decoding the images again")
+    sources.load_folder_split(image_folder / "test", isolated_cache)
+    assert capsys.readouterr().err == ""  # rebuilt: intact from now on
+
+
+def fail_writing(error_number: int) -> Callable[..., None]:
+    """A ``torch.save`` that writes part of the file, then fails like a full disk or a read-only folder."""
+
+    def save(obj: object, file: BinaryIO) -> None:
+        file.write(b"PK\x03\x04 partial")
+        raise OSError(error_number, os.strerror(error_number))
+
+    return save
+
+
+@pytest.mark.parametrize("case", ["a file in its place", "disk full", "permission denied"])
+def test_an_unwritable_cache_warns_and_loading_goes_on(case, image_folder, isolated_cache, monkeypatch, capsys):
+    cache = isolated_cache
+    if case == "a file in its place":
+        cache.write_text("not a folder")
+    else:  # as root, chmod would not stop the write: fail the way the system would instead
+        monkeypatch.setattr(torch, "save", fail_writing(errno.ENOSPC if case == "disk full" else errno.EACCES))
+    images, labels = sources.load_folder_split(image_folder / "test", cache)
+    assert images.shape == (30, 3, 32, 32) and len(labels) == 30
+    lines = capsys.readouterr().err.splitlines()
+    assert len(lines) == 1 and lines[0].startswith("warning: cannot write the decoded-image cache"), lines
+    assert lines[0].endswith("pass a writable --cache-dir")
+    assert not list(cache.parent.rglob("*.tmp")), "a failed write must remove its temporary file"
+
+
+def test_a_broken_link_image_is_named(image_folder):
+    (image_folder / "train" / "dog" / "gone.png").symlink_to(image_folder / "nowhere.png")
+    with pytest.raises(UserError, match=r"cannot read image '.*gone\.png' \(a link to a missing file\): replace"):
+        make_dm(image_folder)
+
+
+def test_decoding_a_cold_cache_shows_progress(image_folder, isolated_cache, monkeypatch, capsys):
+    monkeypatch.setattr(sources, "DECODE_PROGRESS_AFTER_S", 0.0)  # these few images decode at once
+    sources.load_folder_split(image_folder / "train", isolated_cache)
+    lines = capsys.readouterr().err.splitlines()
+    assert len(lines) == 2, lines  # no terminal here: a line when it starts, one when it ends
+    assert lines[0].startswith(f"decoding 80 images in '{image_folder / 'train'}' (once, then cached)")
+    assert re.fullmatch(r"decoded 80 images in \d+ s", lines[1])
+    sources.load_folder_split(image_folder / "train", isolated_cache)
+    assert capsys.readouterr().err == ""  # from the cache: nothing to wait for

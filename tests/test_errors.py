@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import re
+import shutil
 from pathlib import Path
 
 import pytest
@@ -11,7 +12,13 @@ import torch
 from lenet_lightning import experiment
 from lenet_lightning.cli import run
 from lenet_lightning.errors import UserError
-from tests.conftest import closed_port_url, write_cifar_archive, write_image_folder
+from tests.conftest import (
+    batch_pickle,
+    closed_port_url,
+    synthetic_images,
+    write_cifar_archive,
+    write_image_folder,
+)
 
 
 def error_line(capsys: pytest.CaptureFixture[str]) -> str:
@@ -37,6 +44,21 @@ def make_bad_input(case: str, tmp: Path) -> list[str]:
         folder = write_image_folder(tmp / "folder", train_per_class=1, test_per_class=1)
         (folder / "train" / "dog" / "broken.png").write_bytes(b"not a png")
         return ["--data-dir", str(folder)]
+    if case == "broken link image":
+        folder = write_image_folder(tmp / "folder", train_per_class=1, test_per_class=1)
+        (folder / "train" / "dog" / "gone.png").symlink_to(tmp / "nowhere.png")
+        return ["--data-dir", str(folder)]
+    if case == "image folder without test/":
+        folder = write_image_folder(tmp / "folder", train_per_class=1, test_per_class=1)
+        shutil.rmtree(folder / "test")
+        return ["--data-dir", str(folder), "--val-size", "5"]
+    if case in ("corrupt test_batch", "labels out of range in a batch"):
+        data = write_cifar_archive(tmp / "data", train_per_class=6, test_per_class=2)
+        test_batch = data / "cifar-10-batches-py" / "test_batch"
+        images, labels = synthetic_images(2, seed=1)
+        spoiled = batch_pickle(images, [*labels.tolist()[:-1], 11], "test") if "labels" in case else b"\x80\x04junk"
+        test_batch.write_bytes(spoiled)
+        return ["--data-dir", str(data), "--val-size", "10"]
     if case == "not the official archive":
         (tmp / "hand").mkdir()
         (tmp / "hand" / "cifar-10-python.tar.gz").write_bytes(b"something else")
@@ -66,6 +88,7 @@ def make_bad_input(case: str, tmp: Path) -> list[str]:
         "--momentum 1": ["--momentum", "1"],
         "--max-epochs 0": ["--max-epochs", "0"],
         "--val-size -1": ["--val-size", "-1"],
+        "--val-size 0": ["--val-size", "0"],
         "--val-size too large": ["--val-size", "600"],
         "--num-workers -1": ["--num-workers", "-1"],
         "--translate 40": ["--translate", "40"],
@@ -88,6 +111,10 @@ BAD_INPUT = {
     "data folder missing, offline": "no CIFAR-10 data in",
     "wrong class folders": "rename them to the ten CIFAR-10 classes",
     "unreadable image": "cannot read image '",
+    "broken link image": "gone.png' (a link to a missing file): replace or delete the file",
+    "image folder without test/": "test' is missing: an image folder needs train/<class>/ and test/<class>/",
+    "corrupt test_batch": "test_batch' (UnpicklingError",
+    "labels out of range in a batch": "test_batch' is not a valid CIFAR-10 batch: its labels range from 0 to 11",
     "not the official archive": "is not the official CIFAR-10 archive",
     "--accelerator gpu without a GPU": "PyTorch sees no CUDA GPU here",
     "--devices 4 without GPUs": "to train with 4 CPU processes (DDP) pass --accelerator cpu --devices 4",
@@ -98,7 +125,8 @@ BAD_INPUT = {
     "--lr -0.1": "learning rate must be a positive number",
     "--momentum 1": "momentum must be in [0, 1)",
     "--max-epochs 0": "--max-epochs must be at least 1",
-    "--val-size -1": "--val-size must be 0 or more",
+    "--val-size -1": "--val-size must be at least 1, got -1",
+    "--val-size 0": "--val-size must be at least 1, got 0: the best checkpoint is chosen by validation accuracy",
     "--val-size too large": "leaves no training images",
     "--num-workers -1": "--num-workers must be 0 or more",
     "--translate 40": "--translate 40 would shift 32-pixel images out of view",
@@ -135,6 +163,7 @@ def test_bad_input_gets_one_line_naming_problem_and_fix_and_exit_code_2(case, ci
     lines = 3 if case == "data folder missing, offline" else 1  # a line per download source, then what to do
     assert err.startswith("error: ") and err.count("\n") == lines, err
     assert BAD_INPUT[case] in err
+    assert not list((tmp_path / "logs").rglob("*.ckpt")), "refused before training"
 
 
 def test_debug_shows_the_traceback_instead(tmp_path):

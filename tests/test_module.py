@@ -1,4 +1,5 @@
 import itertools
+import json
 
 import lightning as L
 import pytest
@@ -9,7 +10,7 @@ from torch.utils.data import DataLoader, TensorDataset
 from lenet_lightning import CIFAR10_CLASSES, LeNetClassifier
 from lenet_lightning.errors import UserError
 from lenet_lightning.module import warmup_cosine
-from lenet_lightning.reporting import format_table, metrics_from_confusion
+from lenet_lightning.reporting import format_table, metrics_from_confusion, write_json
 
 
 class LogitsFromImage(nn.Module):
@@ -74,6 +75,19 @@ def test_confusion_matrix_and_report(tested_module):
     assert "truck" in table
     assert "80.00 %        4/5" in table
     assert "70.00 %       14/20" in table
+
+
+def test_a_class_without_test_images_is_null_in_valid_json(tmp_path):
+    confusion = torch.eye(10, dtype=torch.int64) * 3
+    confusion[3, 3] = 0  # no cat in the test split
+    metrics = metrics_from_confusion(confusion, CIFAR10_CLASSES)
+    assert metrics["test/acc_cat"] is None and metrics["test/acc"] == 1.0
+    write_json(tmp_path / "metrics.json", metrics)
+    written = json.loads((tmp_path / "metrics.json").read_text(), parse_constant=pytest.fail)  # NaN: not JSON
+    assert written["test/acc_cat"] is None and written["test/acc_dog"] == 1.0
+    assert "\ncat              -         0/0\n" in format_table(confusion, CIFAR10_CLASSES)
+    with pytest.raises(ValueError, match="JSON compliant"):
+        write_json(tmp_path / "nan.json", {"test/acc": float("nan")})
 
 
 def test_metrics_of_stages_are_separate_instances():
