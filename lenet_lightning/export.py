@@ -32,6 +32,7 @@ from lenet_lightning.data import default_cache_dir, resolve_normalization
 from lenet_lightning.errors import UserError
 from lenet_lightning.model import LeNet5
 from lenet_lightning.runs import SETTINGS_KEY, load_checkpoint, run_dir_of
+from lenet_lightning.settings import RECIPES
 from lenet_lightning.sources import (
     ARCHIVE_FOLDER,
     CIFAR10_CLASSES,
@@ -47,24 +48,7 @@ BUNDLE_FILES = ("model.onnx", "model.pt2", "labels.json", "model_card.md", "mode
 TOLERANCE = 1e-4
 INPUT_NAME, OUTPUT_NAME = "images", "probabilities"
 # Recipe keys worth a line in the model card (the rest of the settings are hardware and paths).
-RECIPE_KEYS = (
-    "recipe",
-    "max_epochs",
-    "batch_size",
-    "optimizer",
-    "lr",
-    "momentum",
-    "nesterov",
-    "weight_decay",
-    "label_smoothing",
-    "scheduler",
-    "warmup_fraction",
-    "normalization",
-    "hflip",
-    "translate",
-    "seed",
-    "precision",
-)
+RECIPE_KEYS = ("recipe", *RECIPES["default"], "seed", "precision")
 
 
 class ImageClassifier(nn.Module):

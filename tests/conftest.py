@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import pickle
 import socket
+import sys
 from pathlib import Path
 
 import numpy as np
@@ -107,3 +108,28 @@ def small_checkpoint(cifar_archive: Path, tmp_path_factory: pytest.TempPathFacto
     flags = ["--data-dir", str(cifar_archive), "--log-dir", str(log_dir), "--accelerator", "cpu", "--seed", "3"]
     main([*flags, "--max-epochs", "2", "--batch-size", "32", "--val-size", "100", "--log-every-n-steps", "5"])
     return next((log_dir / "lenet" / "version_0" / "checkpoints").glob("best-*.ckpt"))
+
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+def train_py(*flags: str | Path) -> list[str]:
+    """The command line of a ``train.py`` subprocess."""
+    return [sys.executable, str(ROOT / "train.py"), *map(str, flags)]
+
+
+@pytest.fixture
+def one_thread(monkeypatch: pytest.MonkeyPatch) -> None:
+    """One intra-op thread here and in the subprocesses: LeNet on tiny batches gains nothing from
+    more, and on a busy machine oversubscribed threads make every step many times slower."""
+    monkeypatch.setenv("OMP_NUM_THREADS", "1")
+    torch.set_num_threads(1)
+
+
+def error_line(capsys: pytest.CaptureFixture[str]) -> str:
+    """The last stderr line (progress bars may come before it); it must be the only ``error:`` line."""
+    err = capsys.readouterr().err
+    assert "Traceback" not in err
+    lines = [line for line in err.replace("\r", "\n").splitlines() if line.strip()]
+    assert sum(line.startswith("error: ") for line in lines) == 1, err
+    return lines[-1]

@@ -10,15 +10,7 @@ import pytest
 import torch
 
 from lenet_lightning.cli import run
-
-
-def error_line(capsys: pytest.CaptureFixture[str]) -> str:
-    """The last stderr line (progress bars may come before it); it must be the only ``error:`` line."""
-    err = capsys.readouterr().err
-    assert "Traceback" not in err
-    lines = [line for line in err.replace("\r", "\n").splitlines() if line.strip()]
-    assert sum(line.startswith("error: ") for line in lines) == 1, err
-    return lines[-1]
+from tests.conftest import error_line
 
 
 class Payload:

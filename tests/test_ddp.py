@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import json
 import subprocess
-import sys
 from pathlib import Path
 from types import SimpleNamespace
 
@@ -14,20 +13,9 @@ import torch
 from lenet_lightning import CIFAR10DataModule
 from lenet_lightning.batches import BatchTransform
 from lenet_lightning.cli import run
+from tests.conftest import train_py
 
-ROOT = Path(__file__).resolve().parents[1]
-
-
-@pytest.fixture(autouse=True)
-def one_thread(monkeypatch: pytest.MonkeyPatch) -> None:
-    """One intra-op thread here and in the subprocesses: LeNet on tiny batches gains nothing from
-    more, and on a busy machine oversubscribed threads make every step many times slower."""
-    monkeypatch.setenv("OMP_NUM_THREADS", "1")
-    torch.set_num_threads(1)
-
-
-def train_py(*flags: str | Path) -> list[str]:
-    return [sys.executable, str(ROOT / "train.py"), *map(str, flags)]
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 def test_every_rank_gets_the_same_val_split_and_evaluation_sees_each_image_once(cifar_archive):

@@ -15,19 +15,11 @@ from lenet_lightning.errors import UserError
 from tests.conftest import (
     batch_pickle,
     closed_port_url,
+    error_line,
     synthetic_images,
     write_cifar_archive,
     write_image_folder,
 )
-
-
-def error_line(capsys: pytest.CaptureFixture[str]) -> str:
-    """The last stderr line (progress bars may come before it); it must be the only ``error:`` line."""
-    err = capsys.readouterr().err
-    assert "Traceback" not in err
-    lines = [line for line in err.replace("\r", "\n").splitlines() if line.strip()]
-    assert sum(line.startswith("error: ") for line in lines) == 1, err
-    return lines[-1]
 
 
 def finite(state_dict: dict[str, torch.Tensor]) -> bool:

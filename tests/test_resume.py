@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import signal
 import subprocess
-import sys
 import time
 import warnings
 from pathlib import Path
@@ -16,22 +15,10 @@ from lightning.pytorch.callbacks import Callback
 from lenet_lightning import experiment
 from lenet_lightning.cli import main, run
 from lenet_lightning.runs import AtomicCheckpointIO
-from tests.conftest import write_cifar_archive
+from tests.conftest import train_py, write_cifar_archive
 from tests.test_train import has_hparams, read_events
 
-ROOT = Path(__file__).resolve().parents[1]
-
-
-@pytest.fixture(autouse=True)
-def one_thread(monkeypatch: pytest.MonkeyPatch) -> None:
-    """One intra-op thread here and in the subprocesses: LeNet on tiny batches gains nothing from
-    more, and on a busy machine oversubscribed threads make every step many times slower."""
-    monkeypatch.setenv("OMP_NUM_THREADS", "1")
-    torch.set_num_threads(1)
-
-
-def train_py(*flags: str | Path) -> list[str]:
-    return [sys.executable, str(ROOT / "train.py"), *map(str, flags)]
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 # 600 training images - 100 for validation = 500, in batches of 16: 32 steps per epoch.
