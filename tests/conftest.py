@@ -85,3 +85,13 @@ def local_download_sources_only(monkeypatch: pytest.MonkeyPatch) -> None:
     """No test ever reaches the internet: no built-in mirrors, no $LENET_LIGHTNING_DOWNLOAD_URL."""
     monkeypatch.setattr(download, "MIRRORS", ())
     monkeypatch.delenv(download.DOWNLOAD_URL_ENV, raising=False)
+
+
+def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
+    """Tests marked ``gpu`` need a CUDA GPU: without one they are skipped, saying why."""
+    if torch.cuda.is_available():
+        return
+    skip = pytest.mark.skip(reason="needs a CUDA GPU")
+    for item in items:
+        if "gpu" in item.keywords:
+            item.add_marker(skip)
