@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import argparse
 import contextlib
+import sys
 import time
 from collections.abc import Sequence
 
@@ -58,6 +59,7 @@ def measure(batch_sizes: Sequence[int], repeats: int, images: int, bf16: bool) -
             # Small batches run fewer images: their steps are overhead-bound, not compute-bound.
             rate = step_rate(size, FORMATS[name], images if size >= 64 else images // 16, autocast)
             best[case] = max(best.get(case, 0.0), rate)
+            print(f"[memory_format] repeat {repeat + 1}, {case}: {rate:,.0f} img/s", file=sys.stderr, flush=True)
     return best
 
 
