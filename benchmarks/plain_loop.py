@@ -34,7 +34,6 @@ from PIL import Image
 from torch import Tensor
 from torch.nn import functional as F
 from torch.utils.data import DataLoader, Dataset
-from torchvision import transforms
 
 from lenet_lightning.batches import augment, normalize
 from lenet_lightning.model import LeNet5
@@ -65,7 +64,7 @@ def tensor_batches(
 class PILImages(Dataset[tuple[Tensor, int]]):
     """``torchvision.datasets.CIFAR10``'s per-item work: uint8 array -> PIL image -> transform."""
 
-    def __init__(self, images: Tensor, labels: Tensor, transform: transforms.Compose) -> None:
+    def __init__(self, images: Tensor, labels: Tensor, transform: Any) -> None:
         self.data = images.permute(0, 2, 3, 1).contiguous().numpy()
         self.targets = labels.tolist()
         self.transform = transform
@@ -77,7 +76,10 @@ class PILImages(Dataset[tuple[Tensor, int]]):
         return self.transform(Image.fromarray(self.data[index])), self.targets[index]
 
 
-def pil_transform(recipe: dict[str, Any], train: bool) -> transforms.Compose:
+def pil_transform(recipe: dict[str, Any], train: bool) -> Any:
+    """The tutorial's per-image transforms (torchvision is imported only here: the tensor pipeline needs none)."""
+    from torchvision import transforms
+
     mean, std = NORMALIZATIONS[recipe["normalization"]]
     steps: list[Any] = []
     if train and recipe["hflip"]:
