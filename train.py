@@ -4,11 +4,40 @@ The implementation lives in :mod:`lenet_lightning.cli` so that it is importable
 and installed with the package (also as the ``lenet-lightning`` command).
 """
 
+import atexit
+import os
 import sys
 
-from lenet_lightning.cli import build_parser, main, run
+# run()'s exit code once it has returned; empty while it runs, and after an uncaught exception.
+_finished: list[int] = []
 
-__all__ = ["build_parser", "main"]
+
+def _skip_teardown() -> None:
+    """Leave once every other exit handler has run, without the interpreter's teardown.
+
+    Registered before anything else is imported, so it runs last. By then ``run()`` has
+    written and closed every file; freeing the thousands of modules Lightning imports would
+    only add 1-1.5 s (``benchmarks/fixed_cost.py``). After an uncaught exception (or
+    argparse's own exit) Python ends as usual.
+    """
+    if _finished:
+        sys.stdout.flush()
+        sys.stderr.flush()
+        os._exit(_finished[0])
+
+
+atexit.register(_skip_teardown)
+
+from lenet_lightning.cli import build_parser, main, run  # noqa: E402  (after the exit handler: it must run last)
+
+__all__ = ["build_parser", "launch", "main"]
+
+
+def launch(argv: list[str] | None = None) -> None:
+    """Run the command line and exit with its code (what ``python train.py`` does)."""
+    _finished.append(run(argv))
+    sys.exit(_finished[0])
+
 
 if __name__ == "__main__":
-    sys.exit(run())
+    launch()

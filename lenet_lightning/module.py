@@ -81,7 +81,10 @@ class LeNetClassifier(L.LightningModule):
 
     @override
     def forward(self, images: Tensor) -> Tensor:
-        return self.net(images)
+        # Batches arrive in the weights' dtype (Lightning's precision plugin converts them), but
+        # float32 images from elsewhere (example_input_array for the summary and the graph, a user's
+        # own call) must work on a bf16-true or 64-true model too; the cast is free when dtypes match.
+        return self.net(images.to(next(self.net.parameters()).dtype))
 
     @override
     def setup(self, stage: str) -> None:

@@ -133,3 +133,13 @@ def error_line(capsys: pytest.CaptureFixture[str]) -> str:
     lines = [line for line in err.replace("\r", "\n").splitlines() if line.strip()]
     assert sum(line.startswith("error: ") for line in lines) == 1, err
     return lines[-1]
+
+
+def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
+    """Tests marked ``gpu`` need a CUDA GPU: without one they are skipped, saying why."""
+    if torch.cuda.is_available():
+        return
+    skip = pytest.mark.skip(reason="needs a CUDA GPU")
+    for item in items:
+        if "gpu" in item.keywords:
+            item.add_marker(skip)

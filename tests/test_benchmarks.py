@@ -1,0 +1,26 @@
+"""The hand-written yardstick of the wall-time benchmark: same data, same normalisation, no Lightning."""
+
+import subprocess
+import sys
+from pathlib import Path
+
+from benchmarks import plain_loop
+from lenet_lightning.data import NORMALIZATIONS
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+def test_plain_loop_normalises_like_the_datamodule():
+    assert {name: NORMALIZATIONS[name] for name in plain_loop.NORMALIZATIONS} == plain_loop.NORMALIZATIONS
+
+
+def test_plain_loop_trains_validates_and_tests_without_importing_lightning(cifar_archive):
+    probe = (
+        "import sys; from benchmarks import plain_loop; plain_loop.main(sys.argv[1:]); "
+        "print('lightning imported' if 'lightning' in sys.modules else 'no lightning')"
+    )
+    flags = ["--data-dir", str(cifar_archive), "--val-size", "100", "--max-epochs", "1", "--batch-size", "32"]
+    done = subprocess.run([sys.executable, "-c", probe, *flags], cwd=ROOT, capture_output=True, text=True, check=True)
+    lines = done.stdout.splitlines()
+    assert lines[0].startswith("epoch 0: train loss") and "val acc" in lines[0]
+    assert lines[-2].startswith("test acc ") and lines[-1] == "no lightning"
