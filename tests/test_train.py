@@ -242,3 +242,16 @@ def test_a_run_that_fails_to_start_leaves_no_run_folder(tmp_path, capsys):
     assert run(train_args(broken, tmp_path / "logs")) == 2
     assert "error:" in capsys.readouterr().err
     assert list((tmp_path / "logs" / "lenet").iterdir()) == []  # the next run is version_0 again
+
+
+def test_evaluate_and_predict_take_last_for_the_newest_runs_last_checkpoint(trained_run, tmp_path, capsys):
+    _, run_dir = trained_run
+    log_dir = str(run_dir.parents[1])
+    assert run(["--evaluate", "--ckpt-path", "last", "--log-dir", log_dir]) == 0
+    assert len(list(run_dir.glob("eval_last_*_metrics.json"))) == 1
+    capsys.readouterr()
+    image = tmp_path / "a.png"
+    Image.fromarray(synthetic_images(1, seed=5)[0][3].transpose(1, 2, 0)).save(image)
+    assert run(["--predict", str(image), "--ckpt-path", "last", "--log-dir", log_dir, "--json"]) == 0
+    [result] = json.loads(capsys.readouterr().out)
+    assert result["file"] == str(image) and len(result["top3"]) == 3
