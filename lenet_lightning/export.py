@@ -79,13 +79,22 @@ def classifier_from_checkpoint(checkpoint: dict[str, Any]) -> tuple[ImageClassif
     The weights are the checkpoint's ``state_dict``: when training averages weights,
     Lightning stores the averaged ones there, so those are what gets exported.
     """
-    hparams = checkpoint["hyper_parameters"]
-    num_classes = hparams.get("num_classes", len(CIFAR10_CLASSES))
-    class_names = tuple(hparams.get("class_names") or (f"class_{i}" for i in range(num_classes)))
+    class_names = checkpoint_class_names(checkpoint)
     net = LeNet5(len(class_names))
     state = checkpoint["state_dict"]
     net.load_state_dict({key.removeprefix("net."): value for key, value in state.items() if key.startswith("net.")})
     return ImageClassifier(net, *checkpoint_normalization(checkpoint)[1:]).eval(), class_names
+
+
+def checkpoint_class_names(checkpoint: dict[str, Any]) -> tuple[str, ...]:
+    """The checkpoint's class names; without any (checkpoints of earlier releases), its DataModule's: CIFAR-10's."""
+    hparams = checkpoint["hyper_parameters"]
+    if hparams.get("class_names"):
+        return tuple(hparams["class_names"])
+    num_classes = hparams.get("num_classes", len(CIFAR10_CLASSES))
+    if "datamodule_hyper_parameters" in checkpoint and num_classes == len(CIFAR10_CLASSES):
+        return CIFAR10_CLASSES
+    return tuple(f"class_{i}" for i in range(num_classes))
 
 
 def checkpoint_normalization(checkpoint: dict[str, Any]) -> tuple[str, tuple[float, ...], tuple[float, ...]]:

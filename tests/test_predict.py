@@ -5,12 +5,13 @@ import json
 from pathlib import Path
 
 import pytest
+import torch
 from PIL import Image
 
 from lenet_lightning import CIFAR10_CLASSES
 from lenet_lightning.cli import main, run
 from lenet_lightning.export import classifier_from_checkpoint
-from lenet_lightning.predict import OUTPUT_FIELDS, image_files, predict_files
+from lenet_lightning.predict import OUTPUT_FIELDS, image_files, predict_files, predict_paths
 from lenet_lightning.runs import load_checkpoint
 from tests.conftest import synthetic_images
 
@@ -106,3 +107,15 @@ def test_folder_without_images_gets_one_line(checkpoint, tmp_path, capsys):
     (tmp_path / "empty").mkdir()
     assert run(["--predict", str(tmp_path / "empty"), "--ckpt-path", checkpoint]) == 2
     assert "no .png or .jpg images under folder" in capsys.readouterr().err
+
+
+def test_a_checkpoint_without_class_names_predicts_cifar10_names(small_checkpoint, tmp_path):
+    """Checkpoints of earlier releases stored no class names: they are CIFAR-10's, the DataModule's."""
+    checkpoint = torch.load(small_checkpoint, weights_only=True)
+    checkpoint["hyper_parameters"]["class_names"] = None
+    checkpoint["hyper_parameters"].pop("num_classes", None)
+    torch.save(checkpoint, tmp_path / "older.ckpt")
+    image = tmp_path / "a.png"
+    Image.fromarray(synthetic_images(1, seed=5)[0][3].transpose(1, 2, 0)).save(image)
+    [result] = predict_paths(tmp_path / "older.ckpt", [image])
+    assert result["class"] in CIFAR10_CLASSES
