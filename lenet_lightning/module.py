@@ -232,11 +232,10 @@ def build_optimizer(parameters: Iterable[Tensor], recipe: Mapping[str, Any]) -> 
     """
     groups: Iterable[Tensor] | list[dict[str, Any]] = parameters
     if not recipe.get("decay_biases", True):
-        parameters = list(parameters)
-        groups = [
-            {"params": [p for p in parameters if p.ndim > 1]},
-            {"params": [p for p in parameters if p.ndim <= 1], "weight_decay": 0.0},
-        ]
+        tensors = list(parameters)
+        weights: dict[str, Any] = {"params": [p for p in tensors if p.ndim > 1]}
+        biases: dict[str, Any] = {"params": [p for p in tensors if p.ndim <= 1], "weight_decay": 0.0}
+        groups = [weights, biases]
     if recipe["optimizer"] == "adamw":
         return AdamW(groups, lr=recipe["lr"], weight_decay=recipe["weight_decay"])
     return SGD(
