@@ -101,12 +101,13 @@ class BatchTransform:
     hflip: bool = False
     translate: int = 0
     extra: Augmentation | None = None
+    pad_mode: str = "zeros"
 
     def __call__(self, images: Tensor, seed: int | None) -> Tensor:
         if seed is not None and (self.hflip or self.translate or self.extra):
             generator = torch.Generator(device=images.device).manual_seed(seed)
             if self.hflip or self.translate:
-                images = augment(images, self.hflip, self.translate, generator)
+                images = augment(images, self.hflip, self.translate, generator, self.pad_mode)
             if self.extra is not None:
                 images = self.extra(images, generator)
         return normalize(images, self.mean, self.std)
@@ -210,16 +211,20 @@ def mix_seed(*parts: int) -> int:
 # --- batch transforms --------------------------------------------------------------
 
 
-def augment(images: Tensor, hflip: bool, max_shift: int, generator: torch.Generator) -> Tensor:
+PAD_MODES = ("zeros", "reflect")
+
+
+def augment(images: Tensor, hflip: bool, max_shift: int, generator: torch.Generator, pad_mode: str = "zeros") -> Tensor:
     """Random horizontal flip (p=1/2) and random shift by up to ``max_shift`` pixels.
 
     The same as torchvision's ``RandomHorizontalFlip()`` + ``RandomCrop(32,
-    padding=max_shift)`` (zero fill), for a whole ``uint8`` batch in one ``gather``:
-    each output pixel reads its source pixel from the zero-padded batch.
+    padding=max_shift)`` (``pad_mode`` ``"zeros"``: zero fill, ``"reflect"``:
+    ``padding_mode="reflect"``), for a whole ``uint8`` batch in one ``gather``:
+    each output pixel reads its source pixel from the padded batch.
     """
     batch, channels, height, width = images.shape
     device = images.device
-    padded = F.pad(images, (max_shift,) * 4)
+    padded = F.pad(images, (max_shift,) * 4, mode="reflect" if pad_mode == "reflect" else "constant")
     flip = torch.rand(batch, device=device, generator=generator) < 0.5
     if not hflip:
         flip = torch.zeros_like(flip)

@@ -1,4 +1,4 @@
-"""Callbacks that stop a run early, in one line, instead of letting it go wrong quietly."""
+"""Callbacks: stopping a run early in one line instead of letting it go wrong quietly, weight averaging."""
 
 from __future__ import annotations
 
@@ -9,8 +9,9 @@ from typing import Any
 
 import lightning as L
 import torch
-from lightning.pytorch.callbacks import Callback, TQDMProgressBar
+from lightning.pytorch.callbacks import Callback, EMAWeightAveraging, TQDMProgressBar
 from lightning.pytorch.callbacks.progress.tqdm_progress import Tqdm
+from lightning.pytorch.trainer.states import TrainerFn
 from torch import Tensor
 from typing_extensions import override
 
@@ -71,6 +72,26 @@ class FiniteLossGuard(Callback):
             f"{problem} by step {trainer.global_step} (epoch {trainer.current_epoch}): training stopped, "
             f"the checkpoints keep the last good state; train again with a lower --lr (this run: {lr})"
         )
+
+
+class AveragedWeights(EMAWeightAveraging):
+    """An exponential moving average of the weights, updated after every optimizer step.
+
+    Lightning's callback: validation (hence the best checkpoint), the end of training and
+    every checkpoint's ``state_dict`` hold the averaged weights, so testing, ``--evaluate``,
+    ``--predict`` and ``--export`` use them; the weights being trained go into the
+    checkpoint as ``current_model_state``, and the average's step count as
+    ``averaging_state``, so a resumed run continues both exactly.
+
+    Restoring the trained weights from ``current_model_state`` is for resuming only: the
+    Lightning callback would also do it when ``trainer.test(ckpt_path=...)`` loads a checkpoint
+    after ``fit``, and so test the trained weights instead of the averaged ones.
+    """
+
+    @override
+    def on_load_checkpoint(self, trainer: L.Trainer, pl_module: L.LightningModule, checkpoint: dict[str, Any]) -> None:
+        if trainer.state.fn == TrainerFn.FITTING:
+            super().on_load_checkpoint(trainer, pl_module, checkpoint)
 
 
 class StderrProgressBar(TQDMProgressBar):

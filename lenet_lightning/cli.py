@@ -14,10 +14,11 @@ from pathlib import Path
 from typing import Any
 
 from lenet_lightning import experiment
+from lenet_lightning.batches import PAD_MODES
 from lenet_lightning.data import NORMALIZATIONS
 from lenet_lightning.errors import PreemptedError, UserError
 from lenet_lightning.export import export_bundle, summary_text
-from lenet_lightning.module import OPTIMIZERS, SCHEDULERS
+from lenet_lightning.module import INITS, OPTIMIZERS, SCHEDULERS
 from lenet_lightning.predict import predict_paths
 from lenet_lightning.runs import SETTINGS_KEY, find_last_checkpoint, load_checkpoint
 from lenet_lightning.settings import (
@@ -77,7 +78,9 @@ def build_parser() -> argparse.ArgumentParser:
     _add(hardware, "--precision", f"one of {', '.join(PRECISIONS)}")
     _add(hardware, "--deterministic", "deterministic algorithms (see README)", action=argparse.BooleanOptionalAction)
 
-    recipe = parser.add_argument_group("training recipe (defaults: the 'default' recipe; tutorial values in [])")
+    recipe = parser.add_argument_group(
+        "training recipe (defaults: the 'default' recipe; other recipes' values in [], e.g. [tutorial: 5])"
+    )
     _add(recipe, "--recipe", "preset for the flags below; explicit flags override it", choices=sorted(RECIPES))
     _add_recipe(recipe, "--max-epochs", "epochs to train", type=int)
     _add_recipe(recipe, "--batch-size", "images per batch (per device)", type=int)
@@ -92,6 +95,19 @@ def build_parser() -> argparse.ArgumentParser:
     _add_recipe(recipe, "--normalization", "cifar10: channel mean/std; half: 0.5/0.5; none", choices=NORMALIZATIONS)
     _add_recipe(recipe, "--hflip", "random horizontal flips", action=argparse.BooleanOptionalAction)
     _add_recipe(recipe, "--translate", "random shifts of up to N pixels (0: off)", type=int)
+    _add_recipe(
+        recipe, "--pad-mode", "pixels shifted into view: zeros or reflect (the mirrored edge)", choices=PAD_MODES
+    )
+    _add_recipe(recipe, "--init", "weight initialisation: default (PyTorch's) or he (Kaiming normal)", choices=INITS)
+    _add_recipe(
+        recipe, "--decay-biases", "weight decay on biases too (no: weights only)", action=argparse.BooleanOptionalAction
+    )
+    _add_recipe(
+        recipe,
+        "--ema-decay",
+        "exponential moving average of the weights, per step; validation, test, checkpoints use it (0: off)",
+        type=float,
+    )
 
     data = parser.add_argument_group("data")
     _add(data, "--data-dir", "CIFAR-10 folder: official archive (downloaded if missing) or image folder")
@@ -105,6 +121,14 @@ def build_parser() -> argparse.ArgumentParser:
     _add(data, "--num-workers", "loader worker processes (0 measures fastest, see README)", type=int)
     _add(data, "--val-size", "validation images carved from the training split", type=int)
     _add(data, "--seed", "seed of initialisation, split, shuffling and augmentation", type=int)
+
+    testing = parser.add_argument_group("testing")
+    _add(
+        testing,
+        "--tta",
+        "also test on each image averaged with its mirror image: test/acc_tta, reported apart from test/acc",
+        action=argparse.BooleanOptionalAction,
+    )
 
     output = parser.add_argument_group("output")
     _add(output, "--log-dir", "runs go to <log-dir>/<name>/version_<n>/")
@@ -123,7 +147,8 @@ def _add(group: argparse._ArgumentGroup, flag: str, text: str, **kwargs: Any) ->
 
 def _add_recipe(group: argparse._ArgumentGroup, flag: str, text: str, **kwargs: Any) -> None:
     key = flag.removeprefix("--").replace("-", "_")
-    values = f"default: {RECIPES['default'][key]} [{RECIPES['tutorial'][key]}]"
+    others = ", ".join(f"{name}: {recipe[key]}" for name, recipe in RECIPES.items() if name != "default")
+    values = f"default: {RECIPES['default'][key]} [{others}]"
     group.add_argument(flag, default=None, help=f"{text} ({values})", **kwargs)
 
 

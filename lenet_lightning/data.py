@@ -10,7 +10,7 @@ import lightning as L
 import torch
 from typing_extensions import override
 
-from lenet_lightning.batches import Augmentation, BatchTransform, EpochShardSampler, TensorBatchLoader
+from lenet_lightning.batches import PAD_MODES, Augmentation, BatchTransform, EpochShardSampler, TensorBatchLoader
 from lenet_lightning.download import notice, source_urls
 from lenet_lightning.errors import UserError
 from lenet_lightning.sources import (
@@ -69,6 +69,7 @@ class CIFAR10DataModule(L.LightningDataModule):
         std: per-channel standard deviation on the [0, 1] scale.
         hflip: random horizontal flips while training.
         translate: random shifts of up to this many pixels while training (0: off).
+        pad_mode: what shifted-in pixels are: ``"zeros"`` (black) or ``"reflect"`` (the image mirrored at its edge).
         augmentation: one's own augmentation of training batches, applied after
             flip/translate: ``f(uint8 images (B, 3, H, W), generator) -> images``
             (uint8, or float on the 0-255 scale). Draw randomness only from
@@ -96,6 +97,7 @@ class CIFAR10DataModule(L.LightningDataModule):
         std: Sequence[float] | None = None,
         hflip: bool = True,
         translate: int = 2,
+        pad_mode: str = "zeros",
         augmentation: Augmentation | None = None,
         device: str | None = None,
         pin_memory: bool = False,
@@ -115,6 +117,8 @@ class CIFAR10DataModule(L.LightningDataModule):
         for flag, value in (("--translate", translate), ("--num-workers", num_workers)):
             if value < 0:
                 raise UserError(f"{flag} must be 0 or more, got {value}")
+        if pad_mode not in PAD_MODES:
+            raise UserError(f"unknown --pad-mode '{pad_mode}': use one of {', '.join(PAD_MODES)}")
         if translate > 16:
             raise UserError(f"--translate {translate} would shift 32-pixel images out of view: use 0 to 16")
         self.save_hyperparameters(ignore=["augmentation"])
@@ -125,6 +129,7 @@ class CIFAR10DataModule(L.LightningDataModule):
         self.seed = seed
         self.hflip = hflip
         self.translate = translate
+        self.pad_mode = pad_mode
         self.augmentation = augmentation
         self.device = torch.device(device) if device else None
         self.pin_memory = pin_memory
@@ -242,6 +247,7 @@ class CIFAR10DataModule(L.LightningDataModule):
             hflip=self.hflip and train,
             translate=self.translate if train else 0,
             extra=self.augmentation if train else None,
+            pad_mode=self.pad_mode,
         )
         return TensorBatchLoader(*split, sampler, transform, num_workers=self.num_workers, pin_memory=self.pin_memory)
 

@@ -25,7 +25,7 @@ from lightning.pytorch.utilities import rank_zero_only
 from lightning.pytorch.utilities.exceptions import SIGTERMException
 from typing_extensions import override
 
-from lenet_lightning.callbacks import FiniteLossGuard, StderrProgressBar
+from lenet_lightning.callbacks import AveragedWeights, FiniteLossGuard, StderrProgressBar
 from lenet_lightning.data import CIFAR10DataModule
 from lenet_lightning.errors import PreemptedError, UserError
 from lenet_lightning.module import LeNetClassifier
@@ -214,6 +214,9 @@ def build_trainer(
     last = LastCheckpoint(run_dir / "checkpoints", every_n_train_steps=settings["checkpoint_every_n_steps"])
     # A redraw per step costs as much as a LeNet step at batch 4 (benchmarks/throughput.py).
     progress = StderrProgressBar(refresh_rate=10)
+    callbacks: list[Callback] = [best, last, progress, TensorBoardPictures(), FiniteLossGuard(), *extra_callbacks]
+    if settings["ema_decay"] > 0:
+        callbacks.append(AveragedWeights(decay=settings["ema_decay"]))
     devices = settings["devices"]
     try:
         trainer = L.Trainer(
@@ -224,7 +227,7 @@ def build_trainer(
             precision=settings["precision"],
             max_epochs=settings["max_epochs"],
             logger=logger,
-            callbacks=[best, last, progress, TensorBoardPictures(), FiniteLossGuard(), *extra_callbacks],
+            callbacks=callbacks,
             plugins=[AtomicCheckpointIO()],
             fast_dev_run=fast_dev_run,
             deterministic=settings["deterministic"],
@@ -257,10 +260,13 @@ def report_test(trainer: L.Trainer, model: LeNetClassifier, run_dir: Path | None
     The table comes first, so the results are seen even when they cannot be written.
     """
     confusion = model.confusion["test"]
+    tta_confusion = model.confusion.get("test_tta") if model.tta else None
     metrics = metrics_from_confusion(confusion, model.class_names)
+    if tta_confusion is not None:
+        metrics |= metrics_from_confusion(tta_confusion, model.class_names, prefix="test/acc_tta")
     if not trainer.is_global_zero:
         return metrics
-    print(format_table(confusion, model.class_names))
+    print(format_table(confusion, model.class_names, tta_confusion))
     if run_dir is None:
         return metrics
     figure_name = result_name.replace("metrics.json", "confusion_matrix.png").removeprefix("test_")
@@ -287,7 +293,9 @@ def evaluate(checkpoint_path: Path, overrides: Mapping[str, Any]) -> dict[str, A
     hardware = {**saved, **{k: v for k, v in overrides.items() if v is not None}, "devices": "1"}
     check_hardware(hardware)  # evaluation runs on one device, whatever training used
     data = {**checkpoint.get("datamodule_hyper_parameters", {}), **_given(overrides, DATA_KEYS)}
-    model = LeNetClassifier.load_from_checkpoint(checkpoint_path, map_location="cpu", weights_only=True)
+    # --tta (or --no-tta) given now wins over the training run's setting.
+    tta = {"tta": overrides["tta"]} if overrides.get("tta") is not None else {}
+    model = LeNetClassifier.load_from_checkpoint(checkpoint_path, map_location="cpu", weights_only=True, **tta)
     datamodule = CIFAR10DataModule(**data)
     trainer = L.Trainer(
         accelerator=hardware["accelerator"],

@@ -8,7 +8,7 @@ from typing import Any
 
 import lightning as L
 import torch
-from torch import Tensor
+from torch import Tensor, nn
 from torch.nn import functional as F
 from torch.optim import SGD, AdamW, Optimizer
 from torch.optim.lr_scheduler import LambdaLR, LRScheduler, OneCycleLR
@@ -20,6 +20,7 @@ from lenet_lightning.model import LeNet5
 
 OPTIMIZERS = ("sgd", "adamw")
 SCHEDULERS = ("onecycle", "cosine", "none")
+INITS = ("default", "he")
 Batch = tuple[Tensor, Tensor]
 
 
@@ -27,10 +28,12 @@ class LeNetClassifier(L.LightningModule):
     """Cross-entropy training of LeNet-5 with overall and per-class accuracy.
 
     Logs ``train/loss``, ``train/acc``, ``train/lr``, ``{val,test}/loss``,
-    ``{val,test}/acc`` and ``{val,test}/acc_<class>``. Accuracy is micro-averaged
+    ``{val,test}/acc`` and ``{val,test}/acc_<class>``; with ``tta``, also ``test/acc_tta``
+    and ``test/acc_tta_<class>``, kept apart from ``test/acc``. Accuracy is micro-averaged
     (the fraction of images classified correctly), per class it is the recall of
     each class. After each validation/test epoch the confusion matrix (counts,
-    rows = true class) is kept in ``self.confusion[stage]`` for reports and pictures.
+    rows = true class) is kept in ``self.confusion[stage]`` for reports and pictures
+    (``self.confusion["test_tta"]`` for the test-time-augmented predictions).
 
     Args:
         class_names: one name per class, used in metric names. ``None``: the
@@ -41,11 +44,17 @@ class LeNetClassifier(L.LightningModule):
         momentum: SGD momentum (ignored by AdamW).
         nesterov: Nesterov momentum for SGD.
         weight_decay: L2 penalty (decoupled for AdamW).
+        decay_biases: apply ``weight_decay`` to biases too; ``False`` decays only the
+            weights of convolutions and linear layers.
         label_smoothing: label smoothing of the training loss; validation and test
             report the plain cross-entropy so runs stay comparable.
         scheduler: ``"onecycle"``, ``"cosine"`` (linear warm-up, cosine decay to 0)
             or ``"none"``; stepped every batch.
         warmup_fraction: share of all steps spent warming up (one-cycle, cosine).
+        init: ``"default"`` (PyTorch's layer initialisation, as the tutorial) or ``"he"``
+            (Kaiming-normal weights for ReLU, zero biases). The network is the same either way.
+        tta: test-time augmentation: the test step also classifies each image by its class
+            probabilities averaged with those of its mirror image, into separate metrics.
     """
 
     def __init__(
@@ -60,13 +69,19 @@ class LeNetClassifier(L.LightningModule):
         label_smoothing: float = 0.1,
         scheduler: str = "onecycle",
         warmup_fraction: float = 0.15,
+        init: str = "default",
+        decay_biases: bool = True,
+        tta: bool = False,
     ) -> None:
         super().__init__()
-        validate_recipe(optimizer, lr, momentum, weight_decay, label_smoothing, scheduler, warmup_fraction)
+        validate_recipe(optimizer, lr, momentum, weight_decay, label_smoothing, scheduler, warmup_fraction, init)
         self.save_hyperparameters()
         num_classes = len(class_names) if class_names else num_classes
         self.class_names = tuple(class_names or (f"class_{i}" for i in range(num_classes)))
         self.net = LeNet5(num_classes)
+        if init == "he":
+            he_initialize(self.net)
+        self.tta = tta
         self.example_input_array = torch.zeros(1, 3, 32, 32)
         # One metric instance per stage and purpose: states never mix between stages.
         # Training predictions are argmaxes, valid by construction: skip the per-step input checks.
@@ -77,6 +92,9 @@ class LeNetClassifier(L.LightningModule):
         self.test_acc = MulticlassAccuracy(num_classes, average="micro")
         self.test_acc_per_class = MulticlassAccuracy(num_classes, average=None)
         self.test_confmat = MulticlassConfusionMatrix(num_classes)
+        self.test_acc_tta = MulticlassAccuracy(num_classes, average="micro")
+        self.test_acc_tta_per_class = MulticlassAccuracy(num_classes, average=None)
+        self.test_tta_confmat = MulticlassConfusionMatrix(num_classes)
         self.confusion: dict[str, Tensor] = {}
 
     @override
@@ -116,15 +134,19 @@ class LeNetClassifier(L.LightningModule):
 
     @override
     def on_validation_epoch_end(self) -> None:
-        self._log_epoch_end("val")
+        self._log_epoch_end("val", "val/acc", self.val_acc_per_class, self.val_confmat)
 
     @override
     def test_step(self, batch: Batch, batch_idx: int) -> None:
         self._shared_step(batch, "test")
+        if self.tta:
+            self._tta_step(batch)
 
     @override
     def on_test_epoch_end(self) -> None:
-        self._log_epoch_end("test")
+        self._log_epoch_end("test", "test/acc", self.test_acc_per_class, self.test_confmat)
+        if self.tta:
+            self._log_epoch_end("test_tta", "test/acc_tta", self.test_acc_tta_per_class, self.test_tta_confmat)
 
     @override
     def predict_step(self, batch: Batch, batch_idx: int) -> Tensor:
@@ -168,6 +190,18 @@ class LeNetClassifier(L.LightningModule):
         self.log(f"{stage}/acc", accuracy, on_step=False, on_epoch=True, prog_bar=True)
         return loss
 
+    def _tta_step(self, batch: Batch) -> None:
+        """Classify by the class probabilities averaged over each image and its mirror image.
+
+        Training flips images at random, so both views are images the network learnt from.
+        """
+        images, targets = batch
+        probabilities = self(images).softmax(dim=1) + self(images.flip(3)).softmax(dim=1)
+        preds = probabilities.argmax(dim=1)
+        for metric in (self.test_acc_tta, self.test_acc_tta_per_class, self.test_tta_confmat):
+            metric.update(preds, targets)
+        self.log("test/acc_tta", self.test_acc_tta, on_step=False, on_epoch=True, prog_bar=True)
+
     def _logs_this_step(self) -> bool:
         """Whether Lightning hands this training step's logged values to the loggers.
 
@@ -178,25 +212,37 @@ class LeNetClassifier(L.LightningModule):
         trainer = self.trainer
         return (trainer.global_step + 1) % trainer.log_every_n_steps == 0 or bool(trainer.fast_dev_run)  # type: ignore[attr-defined]
 
-    def _log_epoch_end(self, stage: str) -> None:
-        per_class: MulticlassAccuracy = getattr(self, f"{stage}_acc_per_class")
-        confmat: MulticlassConfusionMatrix = getattr(self, f"{stage}_confmat")
+    def _log_epoch_end(
+        self, key: str, prefix: str, per_class: MulticlassAccuracy, confmat: MulticlassConfusionMatrix
+    ) -> None:
+        """Log ``<prefix>_<class>``, keep the confusion matrix as ``self.confusion[key]``, reset both metrics."""
         values = per_class.compute()  # already summed over all processes by torchmetrics
         # Every process holds the same values: "max" keeps them exact where Lightning's default
         # "mean" could round, and sync_dist=True tells Lightning they are meant to be global.
-        per_class_values = {f"{stage}/acc_{name}": value for name, value in zip(self.class_names, values, strict=True)}
+        per_class_values = {f"{prefix}_{name}": value for name, value in zip(self.class_names, values, strict=True)}
         self.log_dict(per_class_values, sync_dist=True, reduce_fx="max")
-        self.confusion[stage] = confmat.compute().cpu()
+        self.confusion[key] = confmat.compute().cpu()
         per_class.reset()
         confmat.reset()
 
 
 def build_optimizer(parameters: Iterable[Tensor], recipe: Mapping[str, Any]) -> Optimizer:
-    """The optimizer a recipe names (keys as in ``LeNetClassifier``'s arguments)."""
+    """The optimizer a recipe names (keys as in ``LeNetClassifier``'s arguments).
+
+    Without ``decay_biases`` (absent: decay everything) the biases form a second parameter
+    group without weight decay: shrinking them towards 0 regularises nothing (a bias does not
+    scale any input) and only shifts the activations.
+    """
+    groups: Iterable[Tensor] | list[dict[str, Any]] = parameters
+    if not recipe.get("decay_biases", True):
+        tensors = list(parameters)
+        weights: dict[str, Any] = {"params": [p for p in tensors if p.ndim > 1]}
+        biases: dict[str, Any] = {"params": [p for p in tensors if p.ndim <= 1], "weight_decay": 0.0}
+        groups = [weights, biases]
     if recipe["optimizer"] == "adamw":
-        return AdamW(parameters, lr=recipe["lr"], weight_decay=recipe["weight_decay"])
+        return AdamW(groups, lr=recipe["lr"], weight_decay=recipe["weight_decay"])
     return SGD(
-        parameters,
+        groups,
         lr=recipe["lr"],
         momentum=recipe["momentum"],
         nesterov=recipe["nesterov"] and recipe["momentum"] > 0,
@@ -221,6 +267,20 @@ def build_scheduler(optimizer: Optimizer, recipe: Mapping[str, Any], total_steps
     return None
 
 
+def he_initialize(network: nn.Module) -> None:
+    """Kaiming-normal weights (fan-in, for ReLU) and zero biases in every convolution and linear layer.
+
+    PyTorch's default (Kaiming-uniform with a=sqrt(5)) gives each layer a third of the
+    variance ReLU needs to keep signals at scale, so LeNet's outputs start near zero and the
+    first epochs are spent growing them.
+    """
+    for layer in network.modules():
+        if isinstance(layer, (nn.Conv2d, nn.Linear)):
+            nn.init.kaiming_normal_(layer.weight, nonlinearity="relu")
+            if layer.bias is not None:
+                nn.init.zeros_(layer.bias)
+
+
 def warmup_cosine(step: int, warmup_steps: int, total_steps: int) -> float:
     """Learning-rate factor: linear from 0 to 1 over ``warmup_steps``, then cosine to 0."""
     if step < warmup_steps:
@@ -237,8 +297,11 @@ def validate_recipe(
     label_smoothing: float,
     scheduler: str,
     warmup_fraction: float,
+    init: str = "default",
 ) -> None:
     """Reject impossible training settings with a message that says what to use instead."""
+    if init not in INITS:
+        raise UserError(f"unknown init '{init}': use one of {', '.join(INITS)}")
     if optimizer not in OPTIMIZERS:
         raise UserError(f"unknown optimizer '{optimizer}': use one of {', '.join(OPTIMIZERS)}")
     if scheduler not in SCHEDULERS:

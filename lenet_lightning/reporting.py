@@ -10,31 +10,46 @@ from pathlib import Path
 from torch import Tensor
 
 
-def metrics_from_confusion(confusion: Tensor, class_names: Sequence[str]) -> dict[str, float | None]:
-    """``test/acc`` and every ``test/acc_<class>`` from a confusion matrix (rows = true class).
+def metrics_from_confusion(
+    confusion: Tensor, class_names: Sequence[str], prefix: str = "test/acc"
+) -> dict[str, float | None]:
+    """``<prefix>`` and every ``<prefix>_<class>`` from a confusion matrix (rows = true class).
 
     A class without test images has no accuracy: ``None`` (``null`` in JSON), never NaN.
     """
     correct = confusion.diag().double()
     totals = confusion.sum(dim=1).double()
-    metrics: dict[str, float | None] = {"test/acc": float(correct.sum() / totals.sum())}
+    metrics: dict[str, float | None] = {prefix: float(correct.sum() / totals.sum())}
     for name, hits, total in zip(class_names, correct.tolist(), totals.tolist(), strict=True):
-        metrics[f"test/acc_{name}"] = hits / total if total else None
+        metrics[f"{prefix}_{name}"] = hits / total if total else None
     return metrics
 
 
-def format_table(confusion: Tensor, class_names: Sequence[str]) -> str:
-    """One row per class (accuracy, correct/total), then the overall accuracy."""
+def format_table(confusion: Tensor, class_names: Sequence[str], tta_confusion: Tensor | None = None) -> str:
+    """One row per class (accuracy, correct/total), then the overall accuracy.
+
+    With ``tta_confusion`` (test-time augmentation) a last column gives that accuracy beside it.
+    """
     correct = confusion.diag().tolist()
     totals = confusion.sum(dim=1).tolist()
+    tta_correct = tta_confusion.diag().tolist() if tta_confusion is not None else None
     width = max(len(name) for name in class_names)
-    lines = [f"{'class':<{width}}  accuracy  correct/total", "-" * (width + 26)]
-    for name, hits, total in zip(class_names, correct, totals, strict=True):
-        accuracy = f"{100 * hits / total:6.2f} %" if total else "     - "
-        lines.append(f"{name:<{width}}  {accuracy}  {hits:>7}/{total}")
-    overall = 100 * sum(correct) / max(1, sum(totals))
-    lines += ["-" * (width + 26), f"{'overall':<{width}}  {overall:6.2f} %  {sum(correct):>7}/{sum(totals)}"]
+    rule = "-" * (width + 26 + (12 if tta_correct else 0))
+
+    def row(name: str, index: slice) -> str:
+        hits, total = sum(correct[index]), sum(totals[index])
+        line = f"{name:<{width}}  {percent(hits, total)}  {hits:>7}/{total}"
+        return line + (f"    {percent(sum(tta_correct[index]), total)}" if tta_correct else "")
+
+    lines = [f"{'class':<{width}}  accuracy  correct/total" + ("  with flips" if tta_correct else ""), rule]
+    lines += [row(name, slice(i, i + 1)) for i, name in enumerate(class_names)]
+    lines += [rule, row("overall", slice(None))]
     return "\n".join(lines)
+
+
+def percent(hits: int, total: int) -> str:
+    """``hits/total`` as ``" 72.26 %"``, or a dash when there is nothing to count."""
+    return f"{100 * hits / total:6.2f} %" if total else "     - "
 
 
 def write_json(path: Path, data: Mapping[str, float | None]) -> None:
