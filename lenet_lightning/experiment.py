@@ -295,7 +295,9 @@ def evaluate(checkpoint_path: Path, overrides: Mapping[str, Any]) -> dict[str, A
     data = {**checkpoint.get("datamodule_hyper_parameters", {}), **_given(overrides, DATA_KEYS)}
     # --tta (or --no-tta) given now wins over the training run's setting.
     tta = {"tta": overrides["tta"]} if overrides.get("tta") is not None else {}
-    model = LeNetClassifier.load_from_checkpoint(checkpoint_path, map_location="cpu", weights_only=True, **tta)
+    # Built from the checkpoint already read (and checked) above, not read from disk a second time.
+    model = LeNetClassifier(**{**checkpoint["hyper_parameters"], **tta})
+    model.load_state_dict(checkpoint["state_dict"])
     datamodule = CIFAR10DataModule(**data)
     trainer = L.Trainer(
         accelerator=hardware["accelerator"],

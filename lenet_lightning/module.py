@@ -102,7 +102,7 @@ class LeNetClassifier(L.LightningModule):
         # Batches arrive in the weights' dtype (Lightning's precision plugin converts them), but
         # float32 images from elsewhere (example_input_array for the summary and the graph, a user's
         # own call) must work on a bf16-true or 64-true model too; the cast is free when dtypes match.
-        return self.net(images.to(next(self.net.parameters()).dtype))
+        return self.net(images.to(self.dtype))
 
     @override
     def setup(self, stage: str) -> None:

@@ -143,3 +143,8 @@ def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item
     for item in items:
         if "gpu" in item.keywords:
             item.add_marker(skip)
+
+
+def last_checkpoints(*run_dirs: Path) -> list[dict]:
+    """The ``checkpoints/last.ckpt`` of each run folder, loaded (to compare where runs ended)."""
+    return [torch.load(run_dir / "checkpoints" / "last.ckpt", weights_only=True) for run_dir in run_dirs]

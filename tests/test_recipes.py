@@ -16,7 +16,7 @@ from lenet_lightning.batches import augment
 from lenet_lightning.cli import main
 from lenet_lightning.module import build_optimizer
 from lenet_lightning.settings import RECIPES, resolve_settings
-from tests.conftest import write_cifar_archive
+from tests.conftest import last_checkpoints, write_cifar_archive
 from tests.test_module import LogitsFromImage
 
 pytestmark = pytest.mark.usefixtures("one_thread")
@@ -147,10 +147,7 @@ def test_ema_checkpoints_hold_averaged_weights_tta_metrics_and_resume_exactly(tm
     resumed = main(["--ckpt-path", "last", "--log-dir", str(tmp_path / "crashed")])
     assert resumed == whole
 
-    ends = [
-        torch.load(p / "lenet" / "version_0" / "checkpoints" / "last.ckpt", weights_only=True)
-        for p in (tmp_path / "whole", tmp_path / "crashed")
-    ]
+    ends = last_checkpoints(*(tmp_path / name / "lenet" / "version_0" for name in ("whole", "crashed")))
     assert ends[0]["global_step"] == ends[1]["global_step"] == 20
     assert ends[0]["averaging_state"]["n_averaged"] == ends[1]["averaging_state"]["n_averaged"] == 20
     for part in ("state_dict", "current_model_state"):

@@ -15,7 +15,7 @@ from lightning.pytorch.callbacks import Callback
 from lenet_lightning import experiment
 from lenet_lightning.cli import main, run
 from lenet_lightning.runs import AtomicCheckpointIO
-from tests.conftest import train_py, write_cifar_archive
+from tests.conftest import last_checkpoints, train_py, write_cifar_archive
 from tests.test_train import has_hparams, read_events
 
 pytestmark = pytest.mark.usefixtures("one_thread")
@@ -110,7 +110,7 @@ def assert_same_checkpoints(run_dir: Path, reference: Path) -> None:
     """The same best checkpoint was chosen, and training ended in exactly the same weights."""
     names = [sorted(p.name for p in (folder / "checkpoints").glob("*.ckpt")) for folder in (run_dir, reference)]
     assert names[0] == names[1]
-    ends = [torch.load(folder / "checkpoints" / "last.ckpt", weights_only=True) for folder in (run_dir, reference)]
+    ends = last_checkpoints(run_dir, reference)
     assert ends[0]["global_step"] == ends[1]["global_step"]
     for key, value in ends[1]["state_dict"].items():
         assert torch.equal(ends[0]["state_dict"][key], value), key
@@ -209,10 +209,7 @@ def test_crash_between_an_epochs_last_step_and_its_validation_resumes_exactly(tm
     assert torch.load(last, weights_only=True)["global_step"] == 5  # not 10: that save waits for validation
     resumed = main(["--ckpt-path", "last", "--log-dir", str(tmp_path / "crashed")])
     assert resumed == whole
-    ends = [
-        torch.load(p / "lenet" / "version_0" / "checkpoints" / "last.ckpt", weights_only=True)
-        for p in (tmp_path / "whole", tmp_path / "crashed")
-    ]
+    ends = last_checkpoints(*(tmp_path / name / "lenet" / "version_0" for name in ("whole", "crashed")))
     assert ends[0]["global_step"] == ends[1]["global_step"] == 20
     for key, value in ends[0]["state_dict"].items():
         assert torch.equal(ends[1]["state_dict"][key], value), key
