@@ -83,7 +83,7 @@ def build_parser() -> argparse.ArgumentParser:
     )
     _add(recipe, "--recipe", "preset for the flags below; explicit flags override it", choices=sorted(RECIPES))
     _add_recipe(recipe, "--max-epochs", "epochs to train", type=int)
-    _add_recipe(recipe, "--batch-size", "images per batch (per device)", type=int)
+    _add_recipe(recipe, "--batch-size", "images per training batch (per device)", type=int)
     _add_recipe(recipe, "--optimizer", "optimizer", choices=OPTIMIZERS)
     _add_recipe(recipe, "--lr", "peak learning rate", type=float)
     _add_recipe(recipe, "--momentum", "SGD momentum", type=float)
@@ -119,6 +119,7 @@ def build_parser() -> argparse.ArgumentParser:
         "$LENET_LIGHTNING_DOWNLOAD_URL)",
     )
     _add(data, "--num-workers", "loader worker processes (0 measures fastest, see README)", type=int)
+    _add(data, "--eval-batch-size", "images per validation/test/predict batch (any size: the same results)", type=int)
     _add(data, "--val-size", "validation images carved from the training split", type=int)
     _add(data, "--seed", "seed of initialisation, split, shuffling and augmentation", type=int)
 

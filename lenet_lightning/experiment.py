@@ -29,7 +29,7 @@ from lenet_lightning.callbacks import AveragedWeights, FiniteLossGuard, StderrPr
 from lenet_lightning.data import CIFAR10DataModule
 from lenet_lightning.errors import PreemptedError, UserError
 from lenet_lightning.module import LeNetClassifier
-from lenet_lightning.pictures import TensorBoardPictures, confusion_figure, save_figure
+from lenet_lightning.pictures import TensorBoardPictures, confusion_image
 from lenet_lightning.reporting import format_table, metrics_from_confusion, write_json
 from lenet_lightning.runs import (
     SETTINGS_KEY,
@@ -272,8 +272,8 @@ def report_test(trainer: L.Trainer, model: LeNetClassifier, run_dir: Path | None
     figure_name = result_name.replace("metrics.json", "confusion_matrix.png").removeprefix("test_")
     try:
         write_json(run_dir / result_name, metrics)
-        figure = confusion_figure(confusion, model.class_names, "test confusion matrix (% of true class)")
-        save_figure(figure, str(run_dir / figure_name))
+        title = "test confusion matrix (% of true class)"
+        confusion_image(confusion, model.class_names, title).save(run_dir / figure_name)
     except OSError as error:
         raise UserError(
             f"cannot write the results to '{run_dir}' ({error.strerror}): the table above holds them; "

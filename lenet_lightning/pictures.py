@@ -1,24 +1,22 @@
 """Pictures for TensorBoard and reports: confusion matrix and prediction grid.
 
-Drawn with matplotlib's non-interactive Agg backend (no display needed), small
-and without layout passes, so they cost little per epoch.
+Drawn with Pillow straight into pixels, no plotting library: a few milliseconds a
+picture (matplotlib took 0.3-0.5 s per validation epoch for the same two), so every
+validation epoch can have them without slowing training down.
 """
 
 from __future__ import annotations
 
 from collections.abc import Sequence
+from functools import cache
 from typing import Protocol, cast, runtime_checkable
 
-import matplotlib
-
-matplotlib.use("Agg")  # before pyplot: no display, no GUI event loop
-
 import lightning as L
-import matplotlib.pyplot as plt
+import numpy as np
 import torch
 from lightning.pytorch.callbacks import Callback
 from lightning.pytorch.loggers import TensorBoardLogger
-from matplotlib.figure import Figure
+from PIL import Image, ImageDraw, ImageFont
 from torch import Tensor
 from torch.nn import functional as F
 from torchvision.utils import make_grid
@@ -26,40 +24,70 @@ from typing_extensions import override
 
 from lenet_lightning.batches import denormalize
 
-CORRECT_COLOUR = "#1a7f37"
-WRONG_COLOUR = "#d1242f"
 CORRECT_RGB = (26, 127, 55)
 WRONG_RGB = (209, 36, 47)
+# The ends of matplotlib's "Blues" colour map: white for 0 % of the row, dark blue for 100 %.
+LIGHTEST_BLUE = (247, 251, 255)
+DARKEST_BLUE = (8, 48, 107)
+CELL = 34  # pixels per confusion-matrix cell
+INK = (0, 0, 0)
 
 
-def confusion_figure(confusion: Tensor, class_names: Sequence[str], title: str) -> Figure:
+@cache
+def font(size: int) -> ImageFont.FreeTypeFont | ImageFont.ImageFont:
+    """Pillow's built-in scalable font (no font files needed on the machine)."""
+    return ImageFont.load_default(size=size)
+
+
+def blue(rate: float) -> tuple[int, int, int]:
+    """The cell colour for ``rate`` in [0, 1]."""
+    red, green, blue_ = (round(a + (b - a) * rate) for a, b in zip(LIGHTEST_BLUE, DARKEST_BLUE, strict=True))
+    return red, green, blue_
+
+
+def vertical_text(text: str, size: int) -> Image.Image:
+    """``text`` rotated a quarter turn (reads bottom to top), black on transparent."""
+    left, top, right, bottom = (round(edge) for edge in font(size).getbbox(text))
+    strip = Image.new("RGBA", (right - left + 2, bottom - top + 2), (255, 255, 255, 0))
+    ImageDraw.Draw(strip).text((1 - left, 1 - top), text, font=font(size), fill=(*INK, 255))
+    return strip.rotate(90, expand=True)
+
+
+def confusion_image(confusion: Tensor, class_names: Sequence[str], title: str) -> Image.Image:
     """The confusion matrix normalised per true class (cells: % of the row), names on both axes."""
-    counts = confusion.double()
-    rates = counts / counts.sum(dim=1, keepdim=True).clamp(min=1)
-    figure, axes = plt.subplots(figsize=(5.6, 5.2), dpi=80)
-    axes.imshow(rates.numpy(), cmap="Blues", vmin=0.0, vmax=1.0)
-    ticks = range(len(class_names))
-    axes.set_xticks(ticks, class_names, rotation=45, ha="right")
-    axes.set_yticks(ticks, class_names)
-    axes.set_xlabel("predicted class")
-    axes.set_ylabel("true class")
-    axes.set_title(title)
-    for row in ticks:
-        for col in ticks:
-            value = rates[row, col].item()
-            colour = "white" if value > 0.5 else "black"
-            axes.text(col, row, f"{100 * value:.0f}", ha="center", va="center", fontsize=7, color=colour)
-    figure.subplots_adjust(left=0.2, bottom=0.2, right=0.97, top=0.93)
-    return figure
+    counts = confusion.double().cpu()
+    rates = (counts / counts.sum(dim=1, keepdim=True).clamp(min=1)).tolist()
+    n = len(class_names)
+    names_width = max(round(font(11).getlength(name)) for name in class_names) + 8
+    left, top = names_width + 20, 28
+    width, height = left + n * CELL + 12, top + n * CELL + names_width + 22
+    image = Image.new("RGB", (width, height), "white")
+    draw = ImageDraw.Draw(image)
+    draw.text((width // 2, 6), title, font=font(12), fill=INK, anchor="mt")
+    for row in range(n):
+        for col in range(n):
+            rate = rates[row][col]
+            x, y = left + col * CELL, top + row * CELL
+            draw.rectangle((x, y, x + CELL - 1, y + CELL - 1), fill=blue(rate))
+            ink = "white" if rate > 0.5 else "black"
+            draw.text((x + CELL // 2, y + CELL // 2), f"{100 * rate:.0f}", font=font(11), fill=ink, anchor="mm")
+    for index, name in enumerate(class_names):
+        middle = index * CELL + CELL // 2
+        draw.text((left - 4, top + middle), name, font=font(11), fill=INK, anchor="rm")
+        label = vertical_text(name, 11)
+        image.paste(label, (left + middle - label.width // 2, top + n * CELL + 4), label)
+    draw.text((left + n * CELL // 2, height - 4), "predicted class", font=font(11), fill=INK, anchor="mb")
+    axis = vertical_text("true class", 11)
+    image.paste(axis, (2, top + (n * CELL - axis.height) // 2), axis)
+    return image
 
 
-def prediction_figure(
+def prediction_image(
     images: Tensor, targets: Tensor, preds: Tensor, class_names: Sequence[str], columns: int = 8
-) -> Figure:
+) -> Image.Image:
     """A grid of ``uint8`` images, each captioned with true and predicted class.
 
-    Wrong predictions get a red frame and a red caption, right ones green. One
-    axes and one image (not a subplot per picture) keep it cheap to draw.
+    Wrong predictions get a red frame and a red caption (``x <predicted>``), right ones green.
     """
     scale, frame, caption = 3, 3, 26  # pixels: upscaling, frame width, caption height
     wrong = targets != preds
@@ -70,29 +98,16 @@ def prediction_figure(
     cells = F.pad(framed, (0, 0, caption, 0), value=255)  # white room for the caption above each image
     canvas = make_grid(cells, nrow=columns, padding=0, pad_value=255)
     cell_h, cell_w = cells.shape[-2:]
-    figure = plt.figure(figsize=(canvas.shape[-1] / 100, canvas.shape[-2] / 100), dpi=100)
-    axes = figure.add_axes((0, 0, 1, 1))
-    axes.set_axis_off()
+    image = Image.fromarray(canvas.permute(1, 2, 0).numpy())
+    draw = ImageDraw.Draw(image)
     for index, (target, pred) in enumerate(zip(targets.tolist(), preds.tolist(), strict=True)):
-        top, left = (index // columns) * cell_h + caption, (index % columns) * cell_w
-        axes.text(
-            left + cell_w / 2,
-            top - 2,
-            f"{class_names[target]}\n{'x ' if target != pred else ''}{class_names[pred]}",
-            ha="center",
-            va="bottom",
-            fontsize=7,
-            linespacing=1.0,
-            color=WRONG_COLOUR if target != pred else CORRECT_COLOUR,
+        top, left = (index // columns) * cell_h, (index % columns) * cell_w
+        text = f"{class_names[target]}\n{'x ' if target != pred else ''}{class_names[pred]}"
+        colour = WRONG_RGB if target != pred else CORRECT_RGB
+        draw.multiline_text(
+            (left + cell_w // 2, top + 1), text, font=font(10), fill=colour, anchor="ma", align="center", spacing=1
         )
-    axes.imshow(canvas.permute(1, 2, 0).numpy(), interpolation="nearest")
-    return figure
-
-
-def save_figure(figure: Figure, path: str) -> None:
-    """Write ``figure`` as a PNG file and free it."""
-    figure.savefig(path)
-    plt.close(figure)
+    return image
 
 
 @runtime_checkable
@@ -162,7 +177,7 @@ class TensorBoardPictures(Callback):
             self._add(
                 trainer,
                 "val/predictions",
-                prediction_figure(*self._grid, cast(PicturedClassifier, pl_module).class_names),
+                prediction_image(*self._grid, cast(PicturedClassifier, pl_module).class_names),
                 step,
             )
 
@@ -172,14 +187,14 @@ class TensorBoardPictures(Callback):
             self._add(trainer, "test/confusion_matrix", self._confusion(pl_module, "test"), trainer.global_step)
 
     @staticmethod
-    def _confusion(pl_module: L.LightningModule, stage: str, epoch: int | None = None) -> Figure:
+    def _confusion(pl_module: L.LightningModule, stage: str, epoch: int | None = None) -> Image.Image:
         title = f"{stage} confusion matrix (% of true class)" + (f", epoch {epoch}" if epoch is not None else "")
         model = cast(PicturedClassifier, pl_module)
-        return confusion_figure(model.confusion[stage], model.class_names, title)
+        return confusion_image(model.confusion[stage], model.class_names, title)
 
     @staticmethod
-    def _add(trainer: L.Trainer, tag: str, figure: Figure, step: int) -> None:
+    def _add(trainer: L.Trainer, tag: str, image: Image.Image, step: int) -> None:
+        pixels = np.asarray(image)
         for logger in trainer.loggers:
             if isinstance(logger, TensorBoardLogger):
-                logger.experiment.add_figure(tag, figure, global_step=step, close=False)
-        plt.close(figure)
+                logger.experiment.add_image(tag, pixels, global_step=step, dataformats="HWC")

@@ -31,6 +31,7 @@ DEFAULTS: dict[str, Any] = {
     "cache_dir": None,
     "download_url": None,
     "num_workers": 0,
+    "eval_batch_size": 1000,
     "val_size": 5000,
     "seed": 0,
     "log_dir": "logs",
@@ -131,6 +132,7 @@ MODEL_KEYS = (
 DATA_KEYS = (
     "data_dir",
     "batch_size",
+    "eval_batch_size",
     "num_workers",
     "val_size",
     "seed",
@@ -155,6 +157,7 @@ CHANGEABLE_ON_RESUME = (
     "cache_dir",
     "download_url",
     "num_workers",
+    "eval_batch_size",
     "log_dir",
     "name",
     "checkpoint_every_n_steps",

@@ -197,15 +197,31 @@ def test_batches_are_normalised_with_the_chosen_statistics(cifar_archive):
 
 
 def test_every_loader_yields_float_images_and_int64_labels(cifar_archive):
-    dm = make_dm(cifar_archive)
+    dm = make_dm(cifar_archive, eval_batch_size=48)
     dm.setup("fit")
     dm.setup("test")
     for name in ("train", "val", "test", "predict"):
         loader = getattr(dm, f"{name}_dataloader")()
+        size = 32 if name == "train" else 48  # evaluation has its own batch size
         images, labels = next(iter(loader))  # exactly two tensors, in every stage
-        assert images.dtype == torch.float32 and images.shape == (32, 3, 32, 32), name
-        assert labels.dtype == torch.int64 and labels.shape == (32,), name
-        assert loader.batch_size == 32 and len(loader) > 0
+        assert images.dtype == torch.float32 and images.shape == (size, 3, 32, 32), name
+        assert labels.dtype == torch.int64 and labels.shape == (size,), name
+        assert loader.batch_size == size and len(loader) > 0
+
+
+def test_evaluation_batches_hold_the_same_images_whatever_their_size(cifar_archive):
+    def evaluation_data(eval_batch_size: int) -> list[torch.Tensor]:
+        dm = make_dm(cifar_archive, eval_batch_size=eval_batch_size)
+        dm.setup("fit")
+        dm.setup("test")
+        concatenated = []
+        for loader in (dm.val_dataloader(), dm.test_dataloader()):
+            batches = list(loader)
+            concatenated += [torch.cat([images for images, _ in batches]), torch.cat([labels for _, labels in batches])]
+        return concatenated
+
+    one_batch, batches_of_7 = evaluation_data(1000), evaluation_data(7)
+    assert all(torch.equal(a, b) for a, b in zip(one_batch, batches_of_7, strict=True))
 
 
 def test_training_augmentation_is_seeded_by_seed_epoch_and_batch(cifar_archive):

@@ -41,7 +41,7 @@ class ResNetClassifier(L.LightningModule):
 
 
 def test_own_lightning_module_with_a_resnet_trains_and_predicts(cifar_archive):
-    dm = CIFAR10DataModule(str(cifar_archive), batch_size=16, val_size=100)
+    dm = CIFAR10DataModule(str(cifar_archive), batch_size=16, eval_batch_size=16, val_size=100)
     trainer = L.Trainer(max_epochs=1, limit_train_batches=2, limit_predict_batches=2, **QUIET)
     trainer.fit(ResNetClassifier(), datamodule=dm)
     assert trainer.global_step == 2
