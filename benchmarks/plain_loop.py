@@ -21,7 +21,6 @@ does not validate (which only makes it faster)::
 from __future__ import annotations
 
 import argparse
-import os
 import sys
 import tempfile
 import time
@@ -36,15 +35,11 @@ from torch.nn import functional as F
 from torch.utils.data import DataLoader, Dataset
 
 from lenet_lightning.batches import augment, normalize
+from lenet_lightning.cifar10 import NORMALIZATIONS, default_cache_dir
 from lenet_lightning.model import LeNet5
 from lenet_lightning.settings import RECIPES
 from lenet_lightning.sources import load_split
 
-# The normalisations of lenet_lightning.data (not imported from there: that module imports Lightning).
-NORMALIZATIONS = {
-    "cifar10": ((0.4914, 0.4822, 0.4465), (0.2470, 0.2435, 0.2616)),
-    "half": ((0.5,) * 3, (0.5,) * 3),
-}
 EVAL_BATCH = 1000  # evaluation needs no small batches
 
 
@@ -118,7 +113,7 @@ def main(argv: Sequence[str] | None = None) -> None:
     recipe = {**RECIPES[args.recipe]}
     recipe.update({k: v for k, v in (("max_epochs", args.max_epochs), ("batch_size", args.batch_size)) if v})
     torch.manual_seed(0)
-    data_dir, cache = Path(args.data_dir), decode_cache()
+    data_dir, cache = Path(args.data_dir), default_cache_dir()
     images, labels = load_split(data_dir, True, cache)
     order = torch.randperm(len(labels))
     val, train = order[: args.val_size], order[args.val_size :]
@@ -166,13 +161,6 @@ def main(argv: Sequence[str] | None = None) -> None:
     with tempfile.TemporaryDirectory() as folder:
         torch.save(model.state_dict(), Path(folder) / "lenet.pt")  # train.py writes checkpoints too
     print(f"test acc {test_acc:.4f}")
-
-
-def decode_cache() -> Path:
-    """The decode cache of ``train.py`` (``lenet_lightning.data.default_cache_dir``): both read the same tensors."""
-    if env := os.environ.get("LENET_LIGHTNING_CACHE"):
-        return Path(env)
-    return Path(os.environ.get("XDG_CACHE_HOME", Path.home() / ".cache")) / "lenet_lightning"
 
 
 if __name__ == "__main__":

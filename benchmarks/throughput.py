@@ -74,8 +74,9 @@ from torch.optim import Optimizer
 from torch.utils.data import DataLoader, Dataset
 from torchvision import transforms
 
+from lenet_lightning.cifar10 import NORMALIZATIONS
 from lenet_lightning.cli import build_parser
-from lenet_lightning.data import NORMALIZATIONS, CIFAR10DataModule
+from lenet_lightning.data import CIFAR10DataModule
 from lenet_lightning.experiment import build_datamodule, build_logger, build_model, build_trainer, quiet_console
 from lenet_lightning.model import LeNet5
 from lenet_lightning.module import build_optimizer, build_scheduler

@@ -113,7 +113,7 @@ def warm_cache(data_dir: str) -> None:
 
 
 WARM = (
-    "import sys; from pathlib import Path; from lenet_lightning.data import default_cache_dir; "
+    "import sys; from pathlib import Path; from lenet_lightning.cifar10 import default_cache_dir; "
     "from lenet_lightning.sources import load_split; "
     "load_split(Path(sys.argv[1]), sys.argv[2] == 'True', default_cache_dir())"
 )

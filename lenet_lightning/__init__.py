@@ -11,25 +11,29 @@ import importlib
 from typing import TYPE_CHECKING, Any
 
 if TYPE_CHECKING:
-    from lenet_lightning.data import CIFAR10_MEAN, CIFAR10_STD, CIFAR10DataModule
+    from lenet_lightning.cifar10 import CLASSES as CIFAR10_CLASSES
+    from lenet_lightning.cifar10 import MEAN as CIFAR10_MEAN
+    from lenet_lightning.cifar10 import STD as CIFAR10_STD
+    from lenet_lightning.data import CIFAR10DataModule
     from lenet_lightning.model import LeNet5
     from lenet_lightning.module import LeNetClassifier
-    from lenet_lightning.sources import CIFAR10_CLASSES
 
 __all__ = ["CIFAR10_CLASSES", "CIFAR10_MEAN", "CIFAR10_STD", "CIFAR10DataModule", "LeNet5", "LeNetClassifier"]
 __version__ = "0.2.0"
 
+# Public name -> (module, name there).
 _HOMES = {
-    "CIFAR10_CLASSES": "lenet_lightning.sources",
-    "CIFAR10_MEAN": "lenet_lightning.data",
-    "CIFAR10_STD": "lenet_lightning.data",
-    "CIFAR10DataModule": "lenet_lightning.data",
-    "LeNet5": "lenet_lightning.model",
-    "LeNetClassifier": "lenet_lightning.module",
+    "CIFAR10_CLASSES": ("lenet_lightning.cifar10", "CLASSES"),
+    "CIFAR10_MEAN": ("lenet_lightning.cifar10", "MEAN"),
+    "CIFAR10_STD": ("lenet_lightning.cifar10", "STD"),
+    "CIFAR10DataModule": ("lenet_lightning.data", "CIFAR10DataModule"),
+    "LeNet5": ("lenet_lightning.model", "LeNet5"),
+    "LeNetClassifier": ("lenet_lightning.module", "LeNetClassifier"),
 }
 
 
 def __getattr__(name: str) -> Any:
     if name in _HOMES:
-        return getattr(importlib.import_module(_HOMES[name]), name)
+        module, attribute = _HOMES[name]
+        return getattr(importlib.import_module(module), attribute)
     raise AttributeError(f"module 'lenet_lightning' has no attribute {name!r}")

@@ -15,7 +15,7 @@ from typing import Any
 
 from lenet_lightning import experiment
 from lenet_lightning.batches import PAD_MODES
-from lenet_lightning.data import NORMALIZATIONS
+from lenet_lightning.cifar10 import NORMALIZATIONS
 from lenet_lightning.errors import PreemptedError, UserError
 from lenet_lightning.export import export_bundle, summary_text
 from lenet_lightning.module import INITS, OPTIMIZERS, SCHEDULERS

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import os
 from collections.abc import Sequence
 from pathlib import Path
 
@@ -11,34 +10,16 @@ import torch
 from typing_extensions import override
 
 from lenet_lightning.batches import PAD_MODES, Augmentation, BatchTransform, EpochShardSampler, TensorBatchLoader
+from lenet_lightning.cifar10 import ARCHIVE_NAME, CLASSES, default_cache_dir, resolve_normalization
 from lenet_lightning.download import notice, source_urls
 from lenet_lightning.errors import UserError
 from lenet_lightning.sources import (
-    ARCHIVE_NAME,
-    CIFAR10_CLASSES,
     Split,
     detect_source,
     download_archive,
     load_split,
     unpack_local_archive,
 )
-
-# True per-channel statistics of the CIFAR-10 training images.
-CIFAR10_MEAN = (0.4914, 0.4822, 0.4465)
-CIFAR10_STD = (0.2470, 0.2435, 0.2616)
-NORMALIZATIONS: dict[str, tuple[tuple[float, ...], tuple[float, ...]]] = {
-    "cifar10": (CIFAR10_MEAN, CIFAR10_STD),
-    "half": ((0.5,) * 3, (0.5,) * 3),  # the tutorial's Normalize(0.5, 0.5): pixels in [-1, 1]
-    "none": ((0.0,) * 3, (1.0,) * 3),  # pixels scaled to [0, 1] only, like ToTensor()
-}
-CACHE_ENV = "LENET_LIGHTNING_CACHE"
-
-
-def default_cache_dir() -> Path:
-    """``$LENET_LIGHTNING_CACHE``, else ``$XDG_CACHE_HOME/lenet_lightning``, else ``~/.cache/lenet_lightning``."""
-    if env := os.environ.get(CACHE_ENV):
-        return Path(env)
-    return Path(os.environ.get("XDG_CACHE_HOME", Path.home() / ".cache")) / "lenet_lightning"
 
 
 class CIFAR10DataModule(L.LightningDataModule):
@@ -142,8 +123,8 @@ class CIFAR10DataModule(L.LightningDataModule):
         self.download = download
         self.download_url = download_url
         self.cache_dir = Path(cache_dir) if cache_dir else default_cache_dir()
-        self.classes = CIFAR10_CLASSES
-        self.num_classes = len(CIFAR10_CLASSES)
+        self.classes = CLASSES
+        self.num_classes = len(CLASSES)
         self.dims = (3, 32, 32)
         self.train_split: Split | None = None
         self.val_split: Split | None = None
@@ -263,19 +244,3 @@ class CIFAR10DataModule(L.LightningDataModule):
         if split is None:
             raise RuntimeError(f"call setup('{stage}') before asking for this dataloader")
         return split
-
-
-def resolve_normalization(
-    normalization: str, mean: Sequence[float] | None, std: Sequence[float] | None
-) -> tuple[tuple[float, ...], tuple[float, ...]]:
-    """The per-channel mean and std to use: a named preset, or ``mean``/``std`` given together."""
-    if normalization not in NORMALIZATIONS:
-        raise UserError(f"unknown normalization '{normalization}': use one of {', '.join(NORMALIZATIONS)}")
-    if (mean is None) != (std is None):
-        raise UserError("give mean and std together (three values each), or neither")
-    if mean is None or std is None:
-        return NORMALIZATIONS[normalization]
-    mean_values, std_values = tuple(float(m) for m in mean), tuple(float(s) for s in std)
-    if len(mean_values) != 3 or len(std_values) != 3 or min(std_values) <= 0:
-        raise UserError(f"mean and std need three values each, std > 0; got mean {mean_values}, std {std_values}")
-    return mean_values, std_values

@@ -1,12 +1,29 @@
 """The exceptions the command line turns into one line and an exit code."""
 
+from __future__ import annotations
 
-class UserError(Exception):
+
+class UserError(ValueError):
     """A problem the user can fix; its message names the problem and the fix.
 
-    The command line prints it as a single ``error: ...`` line and exits with code 2
-    instead of showing a traceback (``--debug`` shows the traceback).
+    A ``ValueError``, so library callers catch it as one. The command line prints it as a
+    single ``error: ...`` line and exits with code 2 instead of showing a traceback
+    (``--debug`` shows the traceback).
     """
+
+
+class SettingError(UserError):
+    """A constructor argument no run can use; ``parameter`` names it, ``problem`` says what it needs.
+
+    The message reads ``"<parameter> <problem>"`` (``val_size must be at least 1, got 0``);
+    each front door rewords the parameter as its users know it (``--val-size`` for
+    ``train.py``, ``--data.val_size`` for LightningCLI).
+    """
+
+    def __init__(self, parameter: str, problem: str) -> None:
+        super().__init__(f"{parameter} {problem}")
+        self.parameter = parameter
+        self.problem = problem
 
 
 class PreemptedError(Exception):

@@ -28,14 +28,12 @@ import torch
 from torch import Tensor, nn
 
 import lenet_lightning
-from lenet_lightning.data import default_cache_dir, resolve_normalization
+from lenet_lightning.cifar10 import ARCHIVE_FOLDER, CLASSES, default_cache_dir, resolve_normalization
 from lenet_lightning.errors import UserError
 from lenet_lightning.model import LeNet5
 from lenet_lightning.runs import SETTINGS_KEY, load_checkpoint, run_dir_of
 from lenet_lightning.settings import RECIPES
 from lenet_lightning.sources import (
-    ARCHIVE_FOLDER,
-    CIFAR10_CLASSES,
     detect_source,
     list_image_folder,
     load_archive_split,
@@ -91,9 +89,9 @@ def checkpoint_class_names(checkpoint: dict[str, Any]) -> tuple[str, ...]:
     hparams = checkpoint["hyper_parameters"]
     if hparams.get("class_names"):
         return tuple(hparams["class_names"])
-    num_classes = hparams.get("num_classes", len(CIFAR10_CLASSES))
-    if "datamodule_hyper_parameters" in checkpoint and num_classes == len(CIFAR10_CLASSES):
-        return CIFAR10_CLASSES
+    num_classes = hparams.get("num_classes", len(CLASSES))
+    if "datamodule_hyper_parameters" in checkpoint and num_classes == len(CLASSES):
+        return CLASSES
     return tuple(f"class_{i}" for i in range(num_classes))
 
 

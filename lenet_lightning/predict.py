@@ -21,10 +21,11 @@ from typing import Any
 import torch
 from torch import nn
 
+from lenet_lightning.cifar10 import IMAGE_SUFFIXES
 from lenet_lightning.errors import UserError
 from lenet_lightning.export import classifier_from_checkpoint
 from lenet_lightning.runs import load_checkpoint
-from lenet_lightning.sources import IMAGE_SUFFIXES, read_image
+from lenet_lightning.sources import read_image
 
 OUTPUT_FIELDS = ("file", "class", "probability", "top3", "error")
 OUTPUT_FORMATS = (".csv", ".json")

@@ -31,6 +31,7 @@ from torch.nn import functional as F
 from tqdm import tqdm
 from typing_extensions import override
 
+from lenet_lightning.cifar10 import ARCHIVE_FOLDER, ARCHIVE_MD5, ARCHIVE_NAME, CLASSES, IMAGE_SIZE, IMAGE_SUFFIXES
 from lenet_lightning.download import (
     DOWNLOAD_URL_ENV,
     DownloadError,
@@ -43,24 +44,6 @@ from lenet_lightning.download import (
     source_urls,
 )
 from lenet_lightning.errors import UserError
-
-CIFAR10_CLASSES: tuple[str, ...] = (
-    "airplane",
-    "automobile",
-    "bird",
-    "cat",
-    "deer",
-    "dog",
-    "frog",
-    "horse",
-    "ship",
-    "truck",
-)
-CIFAR10_MD5 = "c58f30108f718f92721af3b95e74349a"
-ARCHIVE_FOLDER = "cifar-10-batches-py"
-ARCHIVE_NAME = "cifar-10-python.tar.gz"
-IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg")
-IMAGE_SIZE = 32
 
 Split = tuple[Tensor, Tensor]
 
@@ -182,8 +165,8 @@ def _batch_problem(data: Any, labels: Any) -> str | None:
         return "'labels' is not a list of class numbers"
     if len(values) != len(data):
         return f"it holds {len(data)} images but {len(values)} labels"
-    if values.size and (values.min() < 0 or values.max() >= len(CIFAR10_CLASSES)):
-        return f"its labels range from {values.min()} to {values.max()}, expected 0..{len(CIFAR10_CLASSES) - 1}"
+    if values.size and (values.min() < 0 or values.max() >= len(CLASSES)):
+        return f"its labels range from {values.min()} to {values.max()}, expected 0..{len(CLASSES) - 1}"
     return None
 
 
@@ -201,7 +184,7 @@ def download_archive(
     unpacking happens in a temporary folder renamed into place when complete, so
     nothing a later run could take for data is ever left half-done in ``data_dir``.
     """
-    md5 = md5 or CIFAR10_MD5
+    md5 = md5 or ARCHIVE_MD5
     urls = source_urls() if urls is None else list(urls)
     with folder_lock(data_dir):
         if detect_source(data_dir) == "archive":
@@ -234,7 +217,7 @@ def download_failed_message(data_dir: Path, problems: list[tuple[str, str]], md5
 
 def unpack_local_archive(data_dir: Path, md5: str | None = None) -> None:
     """Verify and unpack a ``cifar-10-python.tar.gz`` that was put into ``data_dir`` by hand."""
-    archive, md5 = data_dir / ARCHIVE_NAME, md5 or CIFAR10_MD5
+    archive, md5 = data_dir / ARCHIVE_NAME, md5 or ARCHIVE_MD5
     with folder_lock(data_dir):
         if detect_source(data_dir) == "archive":
             return  # another process unpacked it while this one waited
@@ -288,13 +271,12 @@ def list_image_folder(folder: Path) -> list[tuple[str, int]]:
     if not folder.is_dir():
         raise UserError(f"'{folder}' is missing: an image folder needs train/<class>/ and test/<class>/")
     found = sorted(entry.name for entry in folder.iterdir() if entry.is_dir())
-    if sorted(found) != sorted(CIFAR10_CLASSES):
+    if sorted(found) != sorted(CLASSES):
         raise UserError(
-            f"class folders in '{folder}' are {found}; rename them to the ten CIFAR-10 "
-            f"classes: {', '.join(CIFAR10_CLASSES)}"
+            f"class folders in '{folder}' are {found}; rename them to the ten CIFAR-10 classes: {', '.join(CLASSES)}"
         )
     files = []
-    for label, name in enumerate(CIFAR10_CLASSES):
+    for label, name in enumerate(CLASSES):
         with os.scandir(folder / name) as entries:
             paths = sorted(entry.path for entry in entries if entry.name.lower().endswith(IMAGE_SUFFIXES))
         files += [(path, label) for path in paths]
@@ -312,7 +294,7 @@ def folder_fingerprint(files: list[tuple[str, int]]) -> str:
         except OSError as error:  # e.g. a link whose target is gone
             reason = "a link to a missing file" if os.path.islink(path) else error.strerror or str(error)
             raise UserError(f"cannot read image '{path}' ({reason}): replace or delete the file") from None
-        lines.append(f"{CIFAR10_CLASSES[label]}/{os.path.basename(path)}:{label}:{stat.st_size}:{stat.st_mtime_ns}\n")
+        lines.append(f"{CLASSES[label]}/{os.path.basename(path)}:{label}:{stat.st_size}:{stat.st_mtime_ns}\n")
     return hashlib.sha256("".join(lines).encode()).hexdigest()[:20]
 
 

@@ -4,14 +4,7 @@ import subprocess
 import sys
 from pathlib import Path
 
-from benchmarks import plain_loop
-from lenet_lightning.data import NORMALIZATIONS
-
 ROOT = Path(__file__).resolve().parents[1]
-
-
-def test_plain_loop_normalises_like_the_datamodule():
-    assert {name: NORMALIZATIONS[name] for name in plain_loop.NORMALIZATIONS} == plain_loop.NORMALIZATIONS
 
 
 def test_plain_loop_trains_validates_and_tests_without_importing_lightning(cifar_archive):

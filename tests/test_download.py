@@ -155,7 +155,7 @@ def serve(archive) -> Iterator[Callable[..., Mirror]]:
 @pytest.fixture
 def official_md5_is(md5, monkeypatch) -> None:
     """Code that uses the default md5 (the DataModule, the command line) accepts the tiny archive."""
-    monkeypatch.setattr(sources, "CIFAR10_MD5", md5)
+    monkeypatch.setattr(sources, "ARCHIVE_MD5", md5)
 
 
 def visible(data_dir: Path) -> list[str]:
