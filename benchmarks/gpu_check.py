@@ -42,9 +42,9 @@ from torch.nn import functional as F
 from lenet_lightning import experiment
 from lenet_lightning.data import CIFAR10DataModule
 from lenet_lightning.model import LeNet5
-from lenet_lightning.module import build_optimizer, build_scheduler
+from lenet_lightning.module import LeNetClassifier, build_optimizer, build_scheduler
 from lenet_lightning.runs import claim_run_dir
-from lenet_lightning.settings import resolve_settings
+from lenet_lightning.settings import data_arguments, model_arguments, resolve_settings, run_options
 
 ROOT = Path(__file__).resolve().parents[1]
 PRECISIONS = ("32-true", "bf16-mixed", "16-mixed", "bf16-true")
@@ -73,19 +73,14 @@ def settings_for(args: argparse.Namespace, log_dir: Path, **overrides: Any) -> d
 def check_precision(args: argparse.Namespace, precision: str, log_dir: Path) -> Result:
     """One epoch of ``experiment.train`` (what ``train.py`` runs) in ``precision``."""
     datamodules: list[CIFAR10DataModule] = []
-    build_datamodule = experiment.build_datamodule
 
-    def keep(settings: Any) -> CIFAR10DataModule:
-        datamodules.append(build_datamodule(settings))
-        return datamodules[-1]
+    class KeepDataModule(Callback):
+        def setup(self, trainer: L.Trainer, pl_module: L.LightningModule, stage: str) -> None:
+            datamodules.append(trainer.datamodule)  # type: ignore[attr-defined]
 
-    experiment.build_datamodule = keep
-    try:
-        start = time.perf_counter()
-        metrics = experiment.train(settings_for(args, log_dir, precision=precision))
-        seconds = time.perf_counter() - start
-    finally:
-        experiment.build_datamodule = build_datamodule
+    start = time.perf_counter()
+    metrics = experiment.train(settings_for(args, log_dir, precision=precision), callbacks=[KeepDataModule()])
+    seconds = time.perf_counter() - start
     problems = []
     accuracy = metrics["test/acc"]
     if not (torch.isfinite(torch.tensor(accuracy)) and accuracy > args.min_acc):
@@ -144,10 +139,10 @@ def synchronize(device: torch.device) -> None:
 def time_fit(settings: dict[str, Any], datamodule: CIFAR10DataModule, log_dir: Path) -> float:
     """Seconds of ``Trainer.fit``'s last epoch, as ``train.py`` builds the Trainer; validation off."""
     L.seed_everything(settings["seed"], verbose=False)
-    model = experiment.build_model(settings, datamodule.classes)
+    model = LeNetClassifier(class_names=datamodule.classes, **model_arguments(settings))
     run_dir = claim_run_dir(log_dir / "fit")
     timer = EpochTimer(torch.device(datamodule.device or "cpu"))
-    trainer = experiment.build_trainer(settings, experiment.build_logger(run_dir), run_dir, False, [timer])
+    trainer = experiment.build_trainer(run_options(settings), experiment.build_logger(run_dir), run_dir, False, [timer])
     trainer.limit_val_batches = 0
     deterministic = torch.are_deterministic_algorithms_enabled()
     try:
@@ -185,7 +180,7 @@ def time_plain(settings: dict[str, Any], datamodule: CIFAR10DataModule) -> float
 def check_throughput(args: argparse.Namespace, batch_size: int, log_dir: Path) -> Result:
     """``Trainer.fit`` against the plain loop at ``batch_size``, on the same device-resident data."""
     settings = settings_for(args, log_dir, batch_size=batch_size, max_epochs=TIMED_EPOCHS)
-    datamodule = experiment.build_datamodule(settings)
+    datamodule = CIFAR10DataModule(**data_arguments(settings))
     datamodule.device = torch.device(args.device)  # both pipelines on the data set Trainer.fit would use
     datamodule.prepare_data()
     datamodule.setup("fit")
@@ -259,9 +254,9 @@ def main(argv: Sequence[str] | None = None) -> int:
         if not any(title.endswith("DDP") for title, _ in checks) and not args.no_ddp:
             print("one epoch, 2-GPU DDP: only with two or more GPUs")
         return 0
-    experiment.quiet_console()
     start = time.perf_counter()
-    results = run_checks(checks)
+    with experiment.quiet_console():
+        results = run_checks(checks)
     print("\n| check | ok | result |\n|---|---|---|")
     for result in results:
         print(f"| {result.name} | {'yes' if result.ok else '**no**'} | {result.detail} |")

@@ -12,10 +12,13 @@ batch-wide transforms, as the project does. ``--pipeline pil`` is the PyTorch
 tutorial's pipeline: each image becomes a PIL image and goes through
 ``Compose([ToTensor(), Normalize(...)])`` (after flip and crop when the recipe
 augments) in a ``DataLoader(shuffle=True, num_workers=2)``; like the tutorial, it
-does not validate (which only makes it faster)::
+does not validate (which only makes it faster). The recipe comes from a file that
+``train.py --print-config`` wrote, so that no Lightning import is needed to know it::
 
-    python -m benchmarks.plain_loop --data-dir /tmp/cifar10-dev --max-epochs 6
-    python -m benchmarks.plain_loop --data-dir /tmp/cifar10-dev --recipe tutorial --pipeline pil --max-epochs 1
+    python train.py --print-config > default.yaml
+    python train.py --print-config --recipe tutorial > tutorial.yaml
+    python -m benchmarks.plain_loop --data-dir /tmp/cifar10-dev --config default.yaml --max-epochs 6
+    python -m benchmarks.plain_loop --data-dir /tmp/cifar10-dev --config tutorial.yaml --pipeline pil --max-epochs 1
 """
 
 from __future__ import annotations
@@ -29,6 +32,7 @@ from pathlib import Path
 from typing import Any
 
 import torch
+import yaml
 from PIL import Image
 from torch import Tensor
 from torch.nn import functional as F
@@ -37,7 +41,6 @@ from torch.utils.data import DataLoader, Dataset
 from lenet_lightning.batches import augment, normalize
 from lenet_lightning.cifar10 import NORMALIZATIONS, default_cache_dir
 from lenet_lightning.model import LeNet5
-from lenet_lightning.settings import RECIPES
 from lenet_lightning.sources import load_split
 
 EVAL_BATCH = 1000  # evaluation needs no small batches
@@ -104,13 +107,13 @@ def eval_batches(images: Tensor, labels: Tensor, recipe: dict[str, Any]) -> Iter
 def main(argv: Sequence[str] | None = None) -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0] if __doc__ else None)
     parser.add_argument("--data-dir", default="data", help="CIFAR-10 archive folder or image folder (default: data)")
-    parser.add_argument("--recipe", choices=sorted(RECIPES), default="default", help="as train.py's (default)")
+    parser.add_argument("--config", type=Path, required=True, help="the recipe: what train.py --print-config prints")
     parser.add_argument("--pipeline", choices=("tensor", "pil"), default="tensor", help="see above (default: tensor)")
     parser.add_argument("--max-epochs", type=int, help="(default: the recipe's)")
     parser.add_argument("--batch-size", type=int, help="(default: the recipe's)")
     parser.add_argument("--val-size", type=int, default=5000, help="(default: 5000)")
     args = parser.parse_args(argv)
-    recipe = {**RECIPES[args.recipe]}
+    recipe = yaml.safe_load(args.config.read_text())
     recipe.update({k: v for k, v in (("max_epochs", args.max_epochs), ("batch_size", args.batch_size)) if v})
     torch.manual_seed(0)
     data_dir, cache = Path(args.data_dir), default_cache_dir()

@@ -77,11 +77,12 @@ from torchvision import transforms
 from lenet_lightning.cifar10 import NORMALIZATIONS
 from lenet_lightning.cli import build_parser
 from lenet_lightning.data import CIFAR10DataModule
-from lenet_lightning.experiment import build_datamodule, build_logger, build_model, build_trainer, quiet_console
+from lenet_lightning.experiment import build_logger, build_trainer, quiet_console
+from lenet_lightning.hardware import check_hardware
 from lenet_lightning.model import LeNet5
-from lenet_lightning.module import build_optimizer, build_scheduler
+from lenet_lightning.module import LeNetClassifier, build_optimizer, build_scheduler
 from lenet_lightning.runs import claim_run_dir
-from lenet_lightning.settings import RECIPES, check_hardware, resolve_settings
+from lenet_lightning.settings import RECIPES, data_arguments, model_arguments, resolve_settings, run_options
 
 ROOT = Path(__file__).resolve().parents[1]
 TUTORIAL_WORKERS = 2  # the tutorial's DataLoader(num_workers=2)
@@ -213,13 +214,15 @@ def run_lightning(case: Case, num_workers: int = 0) -> Timing:
     """(a): what ``train.py`` runs (``cli.train``), on ``warmup + steps`` batches, validation off."""
     settings = case.settings
     L.seed_everything(settings["seed"], workers=True, verbose=False)
-    model = build_model(settings, case.datamodule.classes)
+    model = LeNetClassifier(class_names=case.datamodule.classes, **model_arguments(settings))
     timer = StepTimer(case.warmup, case.device)
     # The Trainer's deterministic=True is set globally: keep it from reaching (b) and (c).
     deterministic = torch.are_deterministic_algorithms_enabled()
     try:
         run_dir = claim_run_dir(Path(settings["log_dir"]) / settings["name"])
-        trainer = build_trainer(settings, build_logger(run_dir), run_dir, fast_dev_run=False, extra_callbacks=[timer])
+        trainer = build_trainer(
+            run_options(settings), build_logger(run_dir), run_dir, fast_dev_run=False, extra_callbacks=[timer]
+        )
         trainer.limit_train_batches = case.warmup + case.steps
         trainer.limit_val_batches = 0
         trainer.fit(model, datamodule=datamodule_with_workers(case, num_workers))
@@ -232,7 +235,7 @@ def datamodule_with_workers(case: Case, num_workers: int) -> CIFAR10DataModule:
     """The case's DataModule, or a copy with other loader workers sharing its loaded tensors."""
     if num_workers == case.datamodule.num_workers:
         return case.datamodule
-    datamodule = build_datamodule({**case.settings, "num_workers": num_workers})
+    datamodule = CIFAR10DataModule(**data_arguments({**case.settings, "num_workers": num_workers}))
     datamodule.train_split, datamodule.val_split = case.datamodule.train_split, case.datamodule.val_split
     return datamodule
 
@@ -310,7 +313,7 @@ def make_case(args: argparse.Namespace, batch_size: int, log_dir: Path) -> Case:
     """Resolve train.py's settings for this batch size and load the data once."""
     settings = resolve_settings(vars(build_parser().parse_args(train_argv(args, batch_size, log_dir))))
     check_hardware(settings)
-    datamodule = build_datamodule(settings)
+    datamodule = CIFAR10DataModule(**data_arguments(settings))
     datamodule.prepare_data()
     datamodule.setup("fit")
     assert datamodule.train_split is not None
@@ -577,29 +580,29 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
 
 def main(argv: Sequence[str] | None = None) -> None:
     args = parse_args(argv)
-    quiet_console()
-    keep_freed_memory()
-    # (a) has no validation, so the best-checkpoint callback has nothing to monitor.
-    warnings.filterwarnings("ignore", message=".*could not find the monitored key.*")
-    busy_before = other_cpu_use()
-    extras: dict[str, Any] = {}
-    cases = []
-    with tempfile.TemporaryDirectory(prefix="throughput-") as name:
-        tmp = Path(name)
-        for batch_size in args.batch_sizes:
-            case = make_case(args, batch_size, tmp / f"logs-{batch_size}")
-            measure(case, variants(args.sweep), args.repeats)
-            if args.profile:
-                log(f"cProfile of one (a) run at batch {batch_size}:\n{profile_lightning(case, 30)}")
-            cases.append(case)
-        if not args.skip_memory and (rss := measure_memory(args, tmp)) is not None:
-            extras["rss"] = rss
-        if not args.skip_loading:
-            extras["loading"] = measure_loading(args, tmp)
-    text = report(args, cases, extras, busy_before)
-    print(f"\n{text}")
-    if args.output:
-        Path(args.output).write_text(text + "\n")
+    with quiet_console():
+        keep_freed_memory()
+        # (a) has no validation, so the best-checkpoint callback has nothing to monitor.
+        warnings.filterwarnings("ignore", message=".*could not find the monitored key.*")
+        busy_before = other_cpu_use()
+        extras: dict[str, Any] = {}
+        cases = []
+        with tempfile.TemporaryDirectory(prefix="throughput-") as name:
+            tmp = Path(name)
+            for batch_size in args.batch_sizes:
+                case = make_case(args, batch_size, tmp / f"logs-{batch_size}")
+                measure(case, variants(args.sweep), args.repeats)
+                if args.profile:
+                    log(f"cProfile of one (a) run at batch {batch_size}:\n{profile_lightning(case, 30)}")
+                cases.append(case)
+            if not args.skip_memory and (rss := measure_memory(args, tmp)) is not None:
+                extras["rss"] = rss
+            if not args.skip_loading:
+                extras["loading"] = measure_loading(args, tmp)
+        text = report(args, cases, extras, busy_before)
+        print(f"\n{text}")
+        if args.output:
+            Path(args.output).write_text(text + "\n")
 
 
 if __name__ == "__main__":

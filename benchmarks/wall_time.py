@@ -32,6 +32,8 @@ from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from lenet_lightning.settings import dump_config, recipe_settings
+
 ROOT = Path(__file__).resolve().parents[1]
 
 
@@ -50,8 +52,11 @@ def train_py(args: argparse.Namespace, log_dir: Path, *flags: str) -> list[str]:
     return [*command, "--log-dir", str(log_dir), "--val-size", str(args.val_size), *flags]
 
 
-def plain(args: argparse.Namespace, *flags: str) -> list[str]:
-    command = [sys.executable, "-m", "benchmarks.plain_loop", "--data-dir", args.data_dir]
+def plain(args: argparse.Namespace, tmp: Path, recipe: str, *flags: str) -> list[str]:
+    """The plain loop's command for a recipe, written for it as train.py's --print-config would."""
+    config = tmp / f"{recipe}.yaml"
+    config.write_text(dump_config(recipe_settings(recipe)))
+    command = [sys.executable, "-m", "benchmarks.plain_loop", "--data-dir", args.data_dir, "--config", str(config)]
     return [*command, "--val-size", str(args.val_size), *flags]
 
 
@@ -59,8 +64,8 @@ def contenders(args: argparse.Namespace, tmp: Path) -> list[tuple[str, Contender
     """(comparison, train.py, yardstick) triples."""
     epochs, tutorial_epochs = str(args.epochs), str(args.tutorial_epochs)
     default = ("--max-epochs", epochs, "--batch-size", "256")
-    tutorial = ("--recipe", "tutorial", "--max-epochs", tutorial_epochs)
-    yardstick = Contender("plain PyTorch loop", plain(args, *default))
+    tutorial_epochs_flag = ("--max-epochs", tutorial_epochs)
+    yardstick = Contender("plain PyTorch loop", plain(args, tmp, "default", *default))
     pairs = [
         (
             f"batch 256, default recipe, {epochs} epochs",
@@ -75,8 +80,13 @@ def contenders(args: argparse.Namespace, tmp: Path) -> list[tuple[str, Contender
         pairs.append(
             (
                 f"batch 4, tutorial recipe, {tutorial_epochs} epoch(s)",
-                Contender("train.py --recipe tutorial", train_py(args, tmp / "a4", *tutorial)),
-                Contender("tutorial pipeline", plain(args, *tutorial, "--pipeline", "pil")),
+                Contender(
+                    "train.py --recipe tutorial",
+                    train_py(args, tmp / "a4", "--recipe", "tutorial", *tutorial_epochs_flag),
+                ),
+                Contender(
+                    "tutorial pipeline", plain(args, tmp, "tutorial", *tutorial_epochs_flag, "--pipeline", "pil")
+                ),
             )
         )
     return pairs

@@ -8,6 +8,7 @@ importing Lightning (several seconds): a plain PyTorch loop needs only those.
 from __future__ import annotations
 
 import importlib
+from importlib.metadata import PackageNotFoundError, version
 from typing import TYPE_CHECKING, Any
 
 if TYPE_CHECKING:
@@ -19,7 +20,10 @@ if TYPE_CHECKING:
     from lenet_lightning.module import LeNetClassifier
 
 __all__ = ["CIFAR10_CLASSES", "CIFAR10_MEAN", "CIFAR10_STD", "CIFAR10DataModule", "LeNet5", "LeNetClassifier"]
-__version__ = "0.2.0"
+try:
+    __version__ = version("lenet-lightning")
+except PackageNotFoundError:  # run from a source tree that was never installed
+    __version__ = "0+unknown"
 
 # Public name -> (module, name there).
 _HOMES = {

@@ -15,7 +15,7 @@ import functools
 import math
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, Literal, get_args
 
 import torch
 from torch import Tensor
@@ -58,9 +58,11 @@ class EpochShardSampler:
         self.world_size = world_size
         self.epoch = 0
         self.start = 0  # first batch of the next iteration; set when resuming mid-epoch
+        self._epoch_used = False  # whether an iteration began since the epoch was last set
 
     def set_epoch(self, epoch: int) -> None:
         self.epoch = epoch
+        self._epoch_used = False
 
     def shard(self) -> Tensor:
         """This rank's indices for the current epoch, in order."""
@@ -80,6 +82,11 @@ class EpochShardSampler:
         return math.ceil(per_rank / self.batch_size)
 
     def __iter__(self) -> Iterator[BatchRequest]:
+        # Iterated again without set_epoch (a plain loop): the next epoch, reshuffled and
+        # re-augmented, as DataLoader(shuffle=True) does. Lightning calls set_epoch every epoch.
+        if self._epoch_used:
+            self.epoch += 1
+        self._epoch_used = True
         start, self.start = self.start, 0
         for index, indices in enumerate(self.shard().split(self.batch_size)):
             if index >= start:
@@ -113,21 +120,26 @@ class BatchTransform:
         return normalize(images, self.mean, self.std)
 
 
-class TensorSlices(Dataset[Batch]):
-    """A map-style dataset whose items are whole batches: ``request -> (float images, labels)``."""
+class TensorSlices(Dataset[Any]):
+    """A map-style dataset whose items are whole batches: ``request -> (float images, labels)``.
 
-    def __init__(self, images: Tensor, labels: Tensor, transform: BatchTransform) -> None:
+    With ``with_labels=False`` an item is the images alone (prediction batches).
+    """
+
+    def __init__(self, images: Tensor, labels: Tensor, transform: BatchTransform, with_labels: bool = True) -> None:
         self.images = images
         self.labels = labels
         self.transform = transform
+        self.with_labels = with_labels
 
     def __len__(self) -> int:
         return len(self.labels)
 
-    def __getitem__(self, request: BatchRequest) -> Batch:
+    def __getitem__(self, request: BatchRequest) -> Batch | Tensor:
         seed, indices = request
         indices = indices.to(self.images.device, non_blocking=True)
-        return self.transform(self.images[indices], seed), self.labels[indices]
+        images = self.transform(self.images[indices], seed)
+        return (images, self.labels[indices]) if self.with_labels else images
 
 
 class TensorBatchLoader:
@@ -154,31 +166,32 @@ class TensorBatchLoader:
         transform: BatchTransform,
         num_workers: int = 0,
         pin_memory: bool = False,
+        with_labels: bool = True,
     ) -> None:
-        self.dataset = TensorSlices(images, labels, transform)
+        self.dataset = TensorSlices(images, labels, transform, with_labels=with_labels)
         self.sampler = sampler
         self.batch_size = sampler.batch_size
         self.num_workers = num_workers
         # Page-locked memory only helps copies from the CPU to a CUDA device.
         self.pin_memory = pin_memory and torch.cuda.is_available() and images.device.type == "cpu"
         self._position = 0
-        self._workers: DataLoader[Batch] | None = None
+        self._workers: DataLoader[Batch | Tensor] | None = None
 
     def __len__(self) -> int:
         return len(self.sampler)
 
-    def __iter__(self) -> Iterator[Batch]:
+    def __iter__(self) -> Iterator[Batch | Tensor]:
         self._position = self.sampler.start
         for batch in self._batches():
             self._position += 1
             yield batch
         self._position = 0
 
-    def _batches(self) -> Iterator[Batch]:
+    def _batches(self) -> Iterator[Batch | Tensor]:
         if self.num_workers == 0:
             for request in self.sampler:
-                images, labels = self.dataset[request]
-                yield (images.pin_memory(), labels.pin_memory()) if self.pin_memory else (images, labels)
+                batch = self.dataset[request]
+                yield pin(batch) if self.pin_memory else batch
             return
         if self._workers is None:
             self._workers = DataLoader(
@@ -199,6 +212,11 @@ class TensorBatchLoader:
         self.sampler.start = state["position"]
 
 
+def pin(batch: Any) -> Any:
+    """The batch (a tensor or a tuple of tensors) in page-locked memory."""
+    return tuple(t.pin_memory() for t in batch) if isinstance(batch, tuple) else batch.pin_memory()
+
+
 def mix_seed(*parts: int) -> int:
     """Combine integers into one 63-bit seed (distinct inputs give unrelated seeds)."""
     value = 0x9E3779B97F4A7C15
@@ -211,7 +229,8 @@ def mix_seed(*parts: int) -> int:
 # --- batch transforms --------------------------------------------------------------
 
 
-PAD_MODES = ("zeros", "reflect")
+PadMode = Literal["zeros", "reflect"]
+PAD_MODES: tuple[str, ...] = get_args(PadMode)
 
 
 def augment(images: Tensor, hflip: bool, max_shift: int, generator: torch.Generator, pad_mode: str = "zeros") -> Tensor:

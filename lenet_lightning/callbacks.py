@@ -9,7 +9,7 @@ from typing import Any
 
 import lightning as L
 import torch
-from lightning.pytorch.callbacks import Callback, EMAWeightAveraging, TQDMProgressBar
+from lightning.pytorch.callbacks import Callback, EMAWeightAveraging, ModelSummary, TQDMProgressBar
 from lightning.pytorch.callbacks.progress.tqdm_progress import Tqdm
 from lightning.pytorch.trainer.states import TrainerFn
 from torch import Tensor
@@ -125,3 +125,14 @@ class StderrProgressBar(TQDMProgressBar):
     def init_predict_tqdm(self) -> Tqdm:
         with contextlib.redirect_stdout(sys.stderr):
             return super().init_predict_tqdm()
+
+
+def console_callbacks(progress_bar: bool = True, model_summary: bool = True) -> list[Callback]:
+    """The progress bar and model summary, chosen here so that whether ``rich`` is installed changes nothing.
+
+    (Lightning picks its rich variants when ``rich`` is importable.) Bars and summary go to
+    stderr; stdout carries only results. A redraw per step costs as much as a LeNet step at
+    batch 4 (``benchmarks/throughput.py``), hence one redraw per 10 steps.
+    """
+    chosen: list[Callback] = [StderrProgressBar(refresh_rate=10)] if progress_bar else []
+    return [*chosen, ModelSummary(max_depth=1)] if model_summary else chosen

@@ -9,6 +9,9 @@ from __future__ import annotations
 import os
 from collections.abc import Sequence
 from pathlib import Path
+from typing import Literal
+
+from lenet_lightning.errors import SettingError
 
 # The label order of the official archive (alphabetical, so image folders sort the same way).
 CLASSES: tuple[str, ...] = (
@@ -35,6 +38,7 @@ ARCHIVE_SIZE = 170_498_071
 # True per-channel statistics of the training images, on the [0, 1] scale.
 MEAN = (0.4914, 0.4822, 0.4465)
 STD = (0.2470, 0.2435, 0.2616)
+NormalizationName = Literal["cifar10", "half", "none"]
 NORMALIZATIONS: dict[str, tuple[tuple[float, ...], tuple[float, ...]]] = {
     "cifar10": (MEAN, STD),
     "half": ((0.5,) * 3, (0.5,) * 3),  # the tutorial's Normalize(0.5, 0.5): pixels in [-1, 1]
@@ -57,15 +61,15 @@ def resolve_normalization(
 ) -> tuple[tuple[float, ...], tuple[float, ...]]:
     """The per-channel mean and std to use: a named preset, or ``mean``/``std`` given together.
 
-    Raises ``ValueError`` naming the parameter that is wrong.
+    Raises :class:`SettingError` (a ``ValueError``) naming the parameter that is wrong.
     """
-    if normalization not in NORMALIZATIONS:
-        raise ValueError(f"normalization must be one of {', '.join(NORMALIZATIONS)}, got {normalization!r}")
+    if not isinstance(normalization, str) or normalization not in NORMALIZATIONS:
+        raise SettingError("normalization", f"must be one of {', '.join(NORMALIZATIONS)}, got {normalization!r}")
     if (mean is None) != (std is None):
-        raise ValueError("mean and std must be given together (three values each), or neither")
+        raise SettingError("mean", "and std must be given together (three values each), or neither")
     if mean is None or std is None:
         return NORMALIZATIONS[normalization]
     mean_values, std_values = tuple(float(m) for m in mean), tuple(float(s) for s in std)
     if len(mean_values) != 3 or len(std_values) != 3 or min(std_values) <= 0:
-        raise ValueError(f"mean and std need three values each, std > 0; got mean {mean_values}, std {std_values}")
+        raise SettingError("mean", f"and std need three values each, std > 0; got mean {mean_values}, std {std_values}")
     return mean_values, std_values

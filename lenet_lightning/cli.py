@@ -8,34 +8,47 @@ exit code 2. The work itself is in :mod:`lenet_lightning.experiment`.
 from __future__ import annotations
 
 import argparse
+import contextlib
 import sys
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
 from pathlib import Path
-from typing import Any
+from typing import Any, NoReturn
+
+from typing_extensions import override
 
 from lenet_lightning import experiment
-from lenet_lightning.batches import PAD_MODES
-from lenet_lightning.cifar10 import NORMALIZATIONS
-from lenet_lightning.errors import PreemptedError, UserError
+from lenet_lightning.errors import PreemptedError, SettingError, UserError
 from lenet_lightning.export import export_bundle, summary_text
-from lenet_lightning.module import INITS, OPTIMIZERS, SCHEDULERS
 from lenet_lightning.predict import predict_paths
-from lenet_lightning.runs import SETTINGS_KEY, find_last_checkpoint, load_checkpoint
+from lenet_lightning.runs import check_resumable, find_last_checkpoint, load_checkpoint
 from lenet_lightning.settings import (
     DEFAULTS,
-    PRECISIONS,
     RECIPES,
+    SETTINGS,
+    Setting,
+    annotation_choices,
+    annotation_types,
     check_resume_changes,
+    checkpoint_record,
     dump_config,
+    flag,
     load_config,
     resolve_settings,
+    validate_settings,
 )
+
+
+class OneLineParser(argparse.ArgumentParser):
+    """``argparse`` whose refusals are one ``error:`` line (and exit code 2), like every other refusal here."""
+
+    @override
+    def error(self, message: str) -> NoReturn:
+        self.exit(2, f"error: {message} (see {self.prog} --help)\n")
 
 
 def build_parser() -> argparse.ArgumentParser:
     """The argument parser; every flag's help ends with its default."""
-    parser = argparse.ArgumentParser(
-        prog="train.py",
+    parser = OneLineParser(
         description=(
             "Train LeNet-5 on CIFAR-10 with PyTorch Lightning, then test the best checkpoint. "
             "With --evaluate: test a saved checkpoint. With --predict: classify image files."
@@ -70,118 +83,137 @@ def build_parser() -> argparse.ArgumentParser:
     modes.add_argument("--print-config", action="store_true", help="print the resolved settings as YAML and exit")
     modes.add_argument("--debug", action="store_true", help="show tracebacks instead of one-line errors")
 
-    hardware = parser.add_argument_group("hardware (the Trainer places everything)")
-    _add(hardware, "--accelerator", "cpu, gpu, mps or auto")
-    _add(hardware, "--devices", "devices per node: a number, a list like 0,1, or auto")
-    _add(hardware, "--strategy", "auto, ddp, ddp_spawn, ...")
-    _add(hardware, "--num-nodes", "nodes for multi-node DDP", type=int)
-    _add(hardware, "--precision", f"one of {', '.join(PRECISIONS)}")
-    _add(hardware, "--deterministic", "deterministic algorithms (see README)", action=argparse.BooleanOptionalAction)
-
-    recipe = parser.add_argument_group(
-        "training recipe (defaults: the 'default' recipe; other recipes' values in [], e.g. [tutorial: 5])"
-    )
-    _add(recipe, "--recipe", "preset for the flags below; explicit flags override it", choices=sorted(RECIPES))
-    _add_recipe(recipe, "--max-epochs", "epochs to train", type=int)
-    _add_recipe(recipe, "--batch-size", "images per training batch (per device)", type=int)
-    _add_recipe(recipe, "--optimizer", "optimizer", choices=OPTIMIZERS)
-    _add_recipe(recipe, "--lr", "peak learning rate", type=float)
-    _add_recipe(recipe, "--momentum", "SGD momentum", type=float)
-    _add_recipe(recipe, "--nesterov", "Nesterov momentum", action=argparse.BooleanOptionalAction)
-    _add_recipe(recipe, "--weight-decay", "weight decay", type=float)
-    _add_recipe(recipe, "--label-smoothing", "label smoothing of the training loss", type=float)
-    _add_recipe(recipe, "--scheduler", "learning-rate schedule, stepped per batch", choices=SCHEDULERS)
-    _add_recipe(recipe, "--warmup-fraction", "share of steps spent warming up", type=float)
-    _add_recipe(recipe, "--normalization", "cifar10: channel mean/std; half: 0.5/0.5; none", choices=NORMALIZATIONS)
-    _add_recipe(recipe, "--hflip", "random horizontal flips", action=argparse.BooleanOptionalAction)
-    _add_recipe(recipe, "--translate", "random shifts of up to N pixels (0: off)", type=int)
-    _add_recipe(
-        recipe, "--pad-mode", "pixels shifted into view: zeros or reflect (the mirrored edge)", choices=PAD_MODES
-    )
-    _add_recipe(recipe, "--init", "weight initialisation: default (PyTorch's) or he (Kaiming normal)", choices=INITS)
-    _add_recipe(
-        recipe, "--decay-biases", "weight decay on biases too (no: weights only)", action=argparse.BooleanOptionalAction
-    )
-    _add_recipe(
-        recipe,
-        "--ema-decay",
-        "exponential moving average of the weights, per step; validation, test, checkpoints use it (0: off)",
-        type=float,
-    )
-
-    data = parser.add_argument_group("data")
-    _add(data, "--data-dir", "CIFAR-10 folder: official archive (downloaded if missing) or image folder")
-    _add(data, "--cache-dir", "cache for decoded image folders (None: $LENET_LIGHTNING_CACHE or ~/.cache)")
-    _add(
-        data,
-        "--download-url",
-        "mirror(s) of cifar-10-python.tar.gz, comma-separated, tried first (md5-checked; also "
-        "$LENET_LIGHTNING_DOWNLOAD_URL)",
-    )
-    _add(data, "--num-workers", "loader worker processes (0 measures fastest, see README)", type=int)
-    _add(data, "--eval-batch-size", "images per validation/test/predict batch (any size: the same results)", type=int)
-    _add(data, "--val-size", "validation images carved from the training split", type=int)
-    _add(data, "--seed", "seed of initialisation, split, shuffling and augmentation", type=int)
-
-    testing = parser.add_argument_group("testing")
-    _add(
-        testing,
-        "--tta",
-        "also test on each image averaged with its mirror image: test/acc_tta, reported apart from test/acc",
-        action=argparse.BooleanOptionalAction,
-    )
-
-    output = parser.add_argument_group("output")
-    _add(output, "--log-dir", "runs go to <log-dir>/<name>/version_<n>/")
-    _add(output, "--name", "experiment name")
-    _add(output, "--checkpoint-every-n-steps", "also write last.ckpt every N steps (0: once per epoch)", type=int)
-    _add(output, "--log-every-n-steps", "write per-step scalars (train/loss, train/lr) every N steps", type=int)
-    output.add_argument("--fast-dev-run", action="store_true", help="one batch of each stage, no checkpoints")
+    for owner, title in SETTING_GROUPS.items():
+        group = parser.add_argument_group(title)
+        for setting in SETTINGS.values():
+            if setting.owner == owner:
+                add_setting(group, setting)
+    parser.add_argument("--fast-dev-run", action="store_true", help="one batch of each stage, no checkpoints")
     return parser
 
 
-def _add(group: argparse._ArgumentGroup, flag: str, text: str, **kwargs: Any) -> None:
-    key = flag.removeprefix("--").replace("-", "_")
+SETTING_GROUPS = {
+    "run": "run: recipe, epochs, hardware, output (defaults: the 'default' recipe; other recipes' values in [])",
+    "model": "model and optimisation: LeNetClassifier's arguments",
+    "data": "data: CIFAR10DataModule's arguments",
+}
+
+
+def add_setting(group: argparse._ArgumentGroup, setting: Setting) -> None:
+    """A flag for one setting: its type, choices and help from the constructor that takes it."""
+    kwargs: dict[str, Any] = {}
+    types = annotation_types(setting.annotation)
+    if choices := annotation_choices(setting.annotation):
+        kwargs["choices"] = choices
+    elif types == (bool,):
+        kwargs["action"] = argparse.BooleanOptionalAction
+    elif types == (int,):
+        kwargs["type"] = int
+    elif types == (float,):
+        kwargs["type"] = float
+    elif set(types) == {int, float}:
+        kwargs["type"] = number
     # The real default is applied after parsing, so that "not given" stays visible.
-    group.add_argument(flag, default=None, help=f"{text} (default: {DEFAULTS[key]})", **kwargs)
+    text = f"{setting.help} ({default_text(setting.name)})"
+    group.add_argument(flag(setting.name), default=None, help=text, **kwargs)
 
 
-def _add_recipe(group: argparse._ArgumentGroup, flag: str, text: str, **kwargs: Any) -> None:
-    key = flag.removeprefix("--").replace("-", "_")
-    others = ", ".join(f"{name}: {recipe[key]}" for name, recipe in RECIPES.items() if name != "default")
-    values = f"default: {RECIPES['default'][key]} [{others}]"
-    group.add_argument(flag, default=None, help=f"{text} ({values})", **kwargs)
+def default_text(key: str) -> str:
+    """``default: 30 [fast: 4, tutorial: 5]``: the default, and the recipes that change it."""
+    others = ", ".join(f"{name}: {values[key]}" for name, values in RECIPES.items() if key in values)
+    return f"default: {DEFAULTS[key]}" + (f" [{others}]" if others else "")
+
+
+def number(text: str) -> int | float:
+    """An ``int`` when the text is a whole number, else a ``float`` (``--val-size 5000`` or ``0.1``)."""
+    try:
+        return int(text)
+    except ValueError:
+        try:
+            return float(text)
+        except ValueError:
+            raise argparse.ArgumentTypeError(f"invalid number: {text!r}") from None
 
 
 def main(argv: Sequence[str] | None = None) -> dict[str, Any]:
     """Run the command line; returns the test metrics (train, evaluate), the predictions or the settings."""
     args = build_parser().parse_args(argv)
-    experiment.quiet_console()
-    if args.predict:
-        return {"predictions": predict(args)}
-    if args.export:
-        return export(args)
-    if args.evaluate:
-        if args.ckpt_path is None:
-            raise UserError("--evaluate needs --ckpt-path <checkpoint.ckpt>")
-        return experiment.evaluate(Path(args.ckpt_path) if args.ckpt_path != "last" else resolve_last(args), vars(args))
-    resume_from = resolve_checkpoint(args)
-    saved = load_checkpoint(resume_from).get(SETTINGS_KEY) if resume_from else None
+    check_modes(args)
+    with experiment.quiet_console():
+        if args.predict:
+            return {"predictions": predict(args)}
+        if args.export:
+            return export(args)
+        if args.evaluate:
+            return evaluate(args)
+        return train(args)
+
+
+def check_modes(args: argparse.Namespace) -> None:
+    """One thing at a time: two modes given together are refused rather than one silently dropped."""
+    modes = [name for name in ("--evaluate", "--predict", "--export", "--print-config") if getattr(args, mode(name))]
+    if len(modes) > 1:
+        raise UserError(f"{' and '.join(modes)} cannot be combined: run them one at a time")
+    if not modes and args.fast_dev_run and args.ckpt_path:
+        raise UserError("--fast-dev-run cannot resume a run: leave out --ckpt-path")
+
+
+def mode(flag_name: str) -> str:
+    return flag_name.removeprefix("--").replace("-", "_")
+
+
+def train(args: argparse.Namespace) -> dict[str, Any]:
+    """Train a new run (or resume one): resolve, check, then hand over to :func:`experiment.train`."""
+    resume_from = resolve_checkpoint(args, unfinished=True)
+    if resume_from is not None:
+        check_resumable(resume_from)
+    saved = checkpoint_record(load_checkpoint(resume_from)) if resume_from else None
     config = load_config(args.config) if args.config else None
-    if saved is not None:
-        given = {key: value for key, value in vars(args).items() if value is not None}
-        check_resume_changes(saved, {**(config or {}), **given})
-    settings = resolve_settings(vars(args), saved, config)
-    if args.print_config:
-        print(dump_config(settings), end="")
-        return settings
-    return experiment.train(settings, resume_from, fast_dev_run=args.fast_dev_run)
+    given = {key: value for key, value in vars(args).items() if value is not None and key in SETTINGS}
+    origins = {
+        **{key: f"checkpoint '{resume_from}'" for key in saved or {}},
+        **{key: f"--config '{args.config}'" for key in config or {}},
+        **dict.fromkeys(given, "flag"),
+    }
+    with settings_named_by(origins):
+        if saved is not None:
+            check_resume_changes(saved, {**(config or {}), **given})
+        settings = resolve_settings(given, saved, config)
+        validate_settings(settings)
+        if args.print_config:
+            print(dump_config(settings), end="")
+            return settings
+        return experiment.train(settings, resume_from, fast_dev_run=args.fast_dev_run)
+
+
+@contextlib.contextmanager
+def settings_named_by(origins: dict[str, str]) -> Iterator[None]:
+    """Reword a class's :class:`SettingError` for this command line: the flag, or the file the value came from."""
+    try:
+        yield
+    except SettingError as error:
+        origin = origins.get(error.parameter, "flag")
+        if origin == "flag":
+            raise UserError(f"{flag(error.parameter)} {error.problem}") from None
+        raise UserError(f"{origin}: {error.parameter} {error.problem}") from None
+
+
+def evaluate(args: argparse.Namespace) -> dict[str, Any]:
+    """Test a checkpoint with the settings it holds; data, hardware and ``--tta`` given now win."""
+    checkpoint = resolve_checkpoint(args)
+    if checkpoint is None:
+        raise UserError("--evaluate needs --ckpt-path <checkpoint.ckpt>")
+    given = {key: value for key, value in vars(args).items() if value is not None and key in SETTINGS}
+    with settings_named_by(dict.fromkeys(given, "flag")):
+        return experiment.evaluate(checkpoint, given)
 
 
 def run(argv: Sequence[str] | None = None) -> int:
     """Console entry point: one ``error:`` line and exit code 2 for problems the user can fix."""
     try:
         result = main(argv)
+    except SystemExit as parsed:  # --help, or a refused flag (already reported in one line)
+        return parsed.code if isinstance(parsed.code, int) else 2
     except UserError as error:
         if "--debug" in (argv if argv is not None else sys.argv):
             raise
@@ -194,16 +226,17 @@ def run(argv: Sequence[str] | None = None) -> int:
     return 1 if failed else 0
 
 
-def resolve_checkpoint(args: argparse.Namespace) -> Path | None:
-    """``--ckpt-path``: ``None``, ``last`` (the newest run's last.ckpt) or a path."""
+def resolve_checkpoint(args: argparse.Namespace, unfinished: bool = False) -> Path | None:
+    """``--ckpt-path``: ``None``, ``last`` (the newest run's last.ckpt; ``unfinished``: newest unfinished) or a path."""
     if args.ckpt_path is None:
         return None
-    return resolve_last(args) if args.ckpt_path == "last" else Path(args.ckpt_path)
+    return resolve_last(args, unfinished) if args.ckpt_path == "last" else Path(args.ckpt_path)
 
 
-def resolve_last(args: argparse.Namespace) -> Path:
+def resolve_last(args: argparse.Namespace, unfinished: bool = False) -> Path:
     """The newest run's last.ckpt under ``--log-dir``/``--name``."""
-    return find_last_checkpoint(Path(args.log_dir or DEFAULTS["log_dir"]), args.name or DEFAULTS["name"])
+    log_dir, name = Path(args.log_dir or DEFAULTS["log_dir"]), args.name or DEFAULTS["name"]
+    return find_last_checkpoint(log_dir, name, unfinished)
 
 
 def predict(args: argparse.Namespace) -> list[dict[str, Any]]:

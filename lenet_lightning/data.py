@@ -9,10 +9,25 @@ import lightning as L
 import torch
 from typing_extensions import override
 
-from lenet_lightning.batches import PAD_MODES, Augmentation, BatchTransform, EpochShardSampler, TensorBatchLoader
-from lenet_lightning.cifar10 import ARCHIVE_NAME, CLASSES, default_cache_dir, resolve_normalization
+from lenet_lightning.batches import (
+    PAD_MODES,
+    Augmentation,
+    BatchTransform,
+    EpochShardSampler,
+    PadMode,
+    TensorBatchLoader,
+)
+from lenet_lightning.cifar10 import (
+    ARCHIVE_NAME,
+    CLASSES,
+    DEFAULT_DATA_DIR,
+    IMAGE_SIZE,
+    NormalizationName,
+    default_cache_dir,
+    resolve_normalization,
+)
 from lenet_lightning.download import notice, source_urls
-from lenet_lightning.errors import UserError
+from lenet_lightning.errors import SettingError
 from lenet_lightning.sources import (
     Split,
     detect_source,
@@ -20,6 +35,9 @@ from lenet_lightning.sources import (
     load_split,
     unpack_local_archive,
 )
+from lenet_lightning.validation import check_bool, check_choice, check_int, check_path
+
+MAX_SEED = 2**32 - 1  # what NumPy (seeded by Lightning's seed_everything) accepts
 
 
 class CIFAR10DataModule(L.LightningDataModule):
@@ -43,9 +61,10 @@ class CIFAR10DataModule(L.LightningDataModule):
             the tutorial's batch 4, validating 5,000 images would take 1,250 steps).
         num_workers: worker processes making batches (persistent); 0, the
             default, makes them in the main process, which measures faster (see README).
-        val_size: images carved from the training split for validation (at least 1:
-            the best checkpoint is chosen on them), with a generator seeded by
-            ``seed`` so every process gets the same split.
+        val_size: images carved from the training split for validation: a number of
+            images (at least 1: the best checkpoint is chosen on them) or a fraction of the
+            split (``0.1``); drawn with a generator seeded by ``seed``, so every process
+            gets the same split.
         seed: seeds the split, the shuffling (per epoch) and the augmentation (per batch).
         normalization: ``"cifar10"`` (true channel mean/std), ``"half"`` (the
             tutorial's ``Normalize(0.5, 0.5)``) or ``"none"`` (scale to [0, 1] only).
@@ -71,42 +90,43 @@ class CIFAR10DataModule(L.LightningDataModule):
 
     def __init__(
         self,
-        data_dir: str = "data",
-        batch_size: int = 256,
+        data_dir: str | Path = DEFAULT_DATA_DIR,
+        batch_size: int = 128,
         eval_batch_size: int = 1000,
         num_workers: int = 0,
-        val_size: int = 5000,
+        val_size: int | float = 5000,
         seed: int = 0,
-        normalization: str = "cifar10",
+        normalization: NormalizationName = "cifar10",
         mean: Sequence[float] | None = None,
         std: Sequence[float] | None = None,
         hflip: bool = True,
         translate: int = 2,
-        pad_mode: str = "zeros",
+        pad_mode: PadMode = "zeros",
         augmentation: Augmentation | None = None,
         device: str | None = None,
         pin_memory: bool = False,
-        cache_dir: str | None = None,
+        cache_dir: str | Path | None = None,
         download: bool = True,
         download_url: str | None = None,
     ) -> None:
         super().__init__()
+        data_dir = check_path("data_dir", data_dir)
+        cache_dir = None if cache_dir is None else check_path("cache_dir", cache_dir)
+        check_int("batch_size", batch_size, minimum=1)
+        check_int("eval_batch_size", eval_batch_size, minimum=1)
+        check_int("num_workers", num_workers, minimum=0)
+        check_val_size(val_size)
+        check_int("seed", seed, minimum=0, maximum=MAX_SEED)
         self.mean, self.std = resolve_normalization(normalization, mean, std)
-        for flag, size in (("--batch-size", batch_size), ("--eval-batch-size", eval_batch_size)):
-            if size < 1:
-                raise UserError(f"{flag} must be at least 1, got {size}")
-        if val_size < 1:
-            raise UserError(
-                f"--val-size must be at least 1, got {val_size}: the best checkpoint is chosen by validation "
-                "accuracy (the default holds out 5000 images)"
-            )
-        for flag, value in (("--translate", translate), ("--num-workers", num_workers)):
-            if value < 0:
-                raise UserError(f"{flag} must be 0 or more, got {value}")
-        if pad_mode not in PAD_MODES:
-            raise UserError(f"unknown --pad-mode '{pad_mode}': use one of {', '.join(PAD_MODES)}")
-        if translate > 16:
-            raise UserError(f"--translate {translate} would shift 32-pixel images out of view: use 0 to 16")
+        mean, std = (list(mean) if mean is not None else None), (list(std) if std is not None else None)
+        check_bool("hflip", hflip)
+        # A shift of more than half the image moves it out of view.
+        check_int("translate", translate, minimum=0, maximum=IMAGE_SIZE // 2)
+        check_choice("pad_mode", pad_mode, PAD_MODES)
+        check_bool("pin_memory", pin_memory)
+        check_bool("download", download)
+        if download_url is not None and not isinstance(download_url, str):
+            raise SettingError("download_url", f"must be a URL (or several, comma-separated), got {download_url!r}")
         self.save_hyperparameters(ignore=["augmentation"])
         self.data_dir = Path(data_dir)
         self.batch_size = batch_size
@@ -179,7 +199,8 @@ class CIFAR10DataModule(L.LightningDataModule):
 
     @override
     def predict_dataloader(self) -> TensorBatchLoader:
-        return self.test_dataloader()
+        """The test images without their labels, as any module's default ``predict_step`` (``self(batch)``) expects."""
+        return self._loader(self._require(self.test_split, "predict"), train=False, labels=False)
 
     def train_batches_per_epoch(self, world_size: int = 1) -> int:
         """Training batches per epoch and process (after ``setup('fit')``), e.g. for a learning-rate schedule."""
@@ -203,13 +224,9 @@ class CIFAR10DataModule(L.LightningDataModule):
 
     def _split_train(self, split: Split) -> tuple[Split, Split]:
         images, labels = split
-        if self.val_size >= len(labels):
-            raise UserError(
-                f"--val-size {self.val_size} leaves no training images (the training split has {len(labels)}): "
-                f"use a smaller --val-size"
-            )
+        val_size = validation_count(self.val_size, len(labels))
         order = torch.randperm(len(labels), generator=torch.Generator().manual_seed(self.seed))
-        val, train = order[: self.val_size], order[self.val_size :]
+        val, train = order[:val_size], order[val_size:]
         return self._to_device((images[train], labels[train])), self._to_device((images[val], labels[val]))
 
     def _to_device(self, split: Split) -> Split:
@@ -223,7 +240,7 @@ class CIFAR10DataModule(L.LightningDataModule):
             return self.trainer.strategy.root_device
         return torch.device("cpu")
 
-    def _loader(self, split: Split, train: bool) -> TensorBatchLoader:
+    def _loader(self, split: Split, train: bool, labels: bool = True) -> TensorBatchLoader:
         rank, world_size = (self.trainer.global_rank, self.trainer.world_size) if self.trainer else (0, 1)
         batch_size = self.batch_size if train else self.eval_batch_size
         sampler = EpochShardSampler(
@@ -237,10 +254,34 @@ class CIFAR10DataModule(L.LightningDataModule):
             extra=self.augmentation if train else None,
             pad_mode=self.pad_mode,
         )
-        return TensorBatchLoader(*split, sampler, transform, num_workers=self.num_workers, pin_memory=self.pin_memory)
+        return TensorBatchLoader(
+            *split, sampler, transform, num_workers=self.num_workers, pin_memory=self.pin_memory, with_labels=labels
+        )
 
     @staticmethod
     def _require(split: Split | None, stage: str) -> Split:
         if split is None:
             raise RuntimeError(f"call setup('{stage}') before asking for this dataloader")
         return split
+
+
+def check_val_size(val_size: int | float) -> None:
+    """A number of images (at least 1) or a fraction strictly between 0 and 1."""
+    if isinstance(val_size, float) and not 0 < val_size < 1:
+        raise SettingError(
+            "val_size", f"must be a number of images (at least 1) or a fraction between 0 and 1, got {val_size}"
+        )
+    if not isinstance(val_size, float):
+        check_int("val_size", val_size, minimum=1)
+
+
+def validation_count(val_size: int | float, available: int) -> int:
+    """Images held out for validation from ``available`` training images (a fraction rounds, at least 1)."""
+    count = max(1, round(val_size * available)) if isinstance(val_size, float) else val_size
+    if count >= available:
+        raise SettingError(
+            "val_size",
+            f"{val_size} leaves no training images (the training split has {available}): "
+            "hold out fewer images or a fraction, e.g. 0.1",
+        )
+    return count

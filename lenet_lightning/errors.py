@@ -2,6 +2,17 @@
 
 from __future__ import annotations
 
+import os
+import sys
+
+
+def invocation() -> str:
+    """How this process was started (``python train.py`` or ``lenet-lightning``), for messages that say what to run."""
+    program = os.path.basename(sys.argv[0]) if sys.argv and sys.argv[0] else ""
+    if program.endswith(".py") or not program or program.startswith("-"):
+        return f"python {program if program.endswith('.py') else 'train.py'}"
+    return program
+
 
 class UserError(ValueError):
     """A problem the user can fix; its message names the problem and the fix.

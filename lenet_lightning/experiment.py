@@ -8,11 +8,12 @@ result, nothing here parses a command line.
 from __future__ import annotations
 
 import contextlib
+import hashlib
 import logging
 import os
 import shutil
 import warnings
-from collections.abc import Mapping
+from collections.abc import Iterator, Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -25,71 +26,139 @@ from lightning.pytorch.utilities import rank_zero_only
 from lightning.pytorch.utilities.exceptions import SIGTERMException
 from typing_extensions import override
 
-from lenet_lightning.callbacks import AveragedWeights, FiniteLossGuard, StderrProgressBar
+from lenet_lightning.callbacks import AveragedWeights, FiniteLossGuard, console_callbacks
 from lenet_lightning.data import CIFAR10DataModule
-from lenet_lightning.errors import PreemptedError, UserError
+from lenet_lightning.errors import PreemptedError, UserError, invocation
+from lenet_lightning.hardware import check_hardware
 from lenet_lightning.module import LeNetClassifier
 from lenet_lightning.pictures import TensorBoardPictures, confusion_image
 from lenet_lightning.reporting import format_table, metrics_from_confusion, write_json
 from lenet_lightning.runs import (
-    SETTINGS_KEY,
     VERSION_PREFIX,
     AtomicCheckpointIO,
     LastCheckpoint,
     RunCheckpoint,
-    SaveSettings,
+    SaveRunOptions,
     claim_run_dir,
     load_checkpoint,
+    own_run_dir,
     run_dir_of,
 )
-from lenet_lightning.settings import DATA_KEYS, MODEL_KEYS, RUN_SETTINGS, check_hardware, check_numbers, dump_config
+from lenet_lightning.settings import (
+    CHANGEABLE_ON_RESUME,
+    SETTINGS,
+    RunOptions,
+    checkpoint_settings,
+    data_arguments,
+    dump_config,
+    flag,
+    model_arguments,
+    plain,
+    resolve_settings,
+    run_options,
+)
 
 # Processes that Lightning launches for DDP inherit the run folder that rank 0 claimed.
 RUN_DIR_ENV = "LENET_LIGHTNING_RUN_DIR"
 
 
-def quiet_console() -> None:
-    """Keep the console to what users can act on: progress, results, problems."""
-    logging.getLogger("lightning.pytorch.utilities.rank_zero").setLevel(logging.WARNING)
-    logging.getLogger("lightning.pytorch.accelerators.cuda").setLevel(logging.WARNING)
-    # Our loaders are in-memory tensors: advice about DataLoader workers does not apply.
-    warnings.filterwarnings("ignore", message=".*does not have many workers.*")
-    # "best" means our monitored checkpoint, which is the first callback by construction.
-    warnings.filterwarnings("ignore", message=".*configured with multiple `ModelCheckpoint` callbacks.*")
-    # A resumed run writes into its own checkpoints/ folder again, by design.
-    warnings.filterwarnings("ignore", message=".*exists and is not empty.*")
-    # Raised inside PyTorch/Lightning (graph tracing, pytree), not by anything a user does.
-    warnings.filterwarnings("ignore", category=FutureWarning, module="torch.jit")
-    warnings.filterwarnings("ignore", message=".*LeafSpec.*")
+QUIET_LOGGERS = ("lightning.pytorch.utilities.rank_zero", "lightning.pytorch.accelerators.cuda")
+
+
+@contextlib.contextmanager
+def quiet_console() -> Iterator[None]:
+    """Keep the console to what users can act on (progress, results, problems) while inside; restored after."""
+    levels = {name: logging.getLogger(name).level for name in QUIET_LOGGERS}
+    with warnings.catch_warnings():
+        for name in QUIET_LOGGERS:
+            logging.getLogger(name).setLevel(logging.WARNING)
+        # Our loaders are in-memory tensors: advice about DataLoader workers does not apply.
+        warnings.filterwarnings("ignore", message=".*does not have many workers.*")
+        # "best" means our monitored checkpoint, which is the first callback by construction.
+        warnings.filterwarnings("ignore", message=".*configured with multiple `ModelCheckpoint` callbacks.*")
+        # A resumed run writes into its own checkpoints/ folder again, by design.
+        warnings.filterwarnings("ignore", message=".*exists and is not empty.*")
+        # Raised inside PyTorch/Lightning (graph tracing, pytree), not by anything a user does.
+        warnings.filterwarnings("ignore", category=FutureWarning, module="torch.jit")
+        warnings.filterwarnings("ignore", message=".*LeafSpec.*")
+        try:
+            yield
+        finally:
+            for name, level in levels.items():
+                logging.getLogger(name).setLevel(level)
+
+
+@contextlib.contextmanager
+def uninitialized_memory_left_unfilled() -> Iterator[None]:
+    """``deterministic=True`` also fills every new tensor with NaN, to expose reads of uninitialised memory.
+
+    Nothing here reads any, and the fills cost ~0.5 ms a step; the process-wide switch is
+    restored when the run ends.
+    """
+    switch: Any = torch.utils.deterministic
+    before = switch.fill_uninitialized_memory
+    switch.fill_uninitialized_memory = False
+    try:
+        yield
+    finally:
+        switch.fill_uninitialized_memory = before
 
 
 # --- train --------------------------------------------------------------------------
 
 
-def train(settings: Mapping[str, Any], resume_from: Path | None = None, fast_dev_run: bool = False) -> dict[str, Any]:
+def train(
+    settings: Mapping[str, Any],
+    resume_from: Path | None = None,
+    fast_dev_run: bool = False,
+    callbacks: Sequence[Callback] = (),
+) -> dict[str, Any]:
     """Fit, then test the best checkpoint; print the per-class table, write test_metrics.json, return the metrics.
 
+    ``settings``: every key of :data:`~lenet_lightning.settings.SETTINGS` (see ``resolve_settings``).
     ``fast_dev_run`` (one batch of each stage) writes nothing: no run folder, no results.
+    ``callbacks`` are added to the Trainer's own.
     """
-    settings = {key: settings[key] for key in RUN_SETTINGS}
-    check_numbers(settings)
+    settings = {key: settings[key] for key in SETTINGS}
+    options = run_options(settings)
     check_hardware(settings)
+    run_dir_before = os.environ.get(RUN_DIR_ENV)
+    try:
+        with uninitialized_memory_left_unfilled():
+            return _train(settings, options, resume_from, fast_dev_run, callbacks)
+    finally:
+        if launch_rank() == 0:  # the DDP processes it launched have inherited it by now
+            os.environ.pop(RUN_DIR_ENV, None)
+            if run_dir_before is not None:
+                os.environ[RUN_DIR_ENV] = run_dir_before
+
+
+def _train(
+    settings: dict[str, Any],
+    options: RunOptions,
+    resume_from: Path | None,
+    fast_dev_run: bool,
+    callbacks: Sequence[Callback],
+) -> dict[str, Any]:
     L.seed_everything(settings["seed"], workers=True, verbose=False)
-    datamodule = build_datamodule(settings)
-    model = build_model(settings, datamodule.classes)
-    if resume_from:
-        run_dir = run_dir_of(resume_from)
+    datamodule = CIFAR10DataModule(**data_arguments(settings))
+    model = LeNetClassifier(class_names=datamodule.classes, **model_arguments(settings))
+    created: list[Path] = []
+    own = own_run_dir(resume_from) if resume_from else None
+    if own is not None:
+        run_dir = own  # a resume writes only inside the checkpoint's own run folder
     elif fast_dev_run:
         run_dir = Path(settings["log_dir"]) / settings["name"] / "fast_dev_run"  # never created: nothing is saved
     else:
-        run_dir = new_run_dir(settings)
+        run_dir, created = new_run_dir(settings)  # a new run, or the continuation of a checkpoint from elsewhere
     writes = launch_rank() == 0 and not fast_dev_run
-    if writes:
-        (run_dir / "config.yaml").write_text(dump_config(settings))
-    logger = build_logger(run_dir)
-    folder = RunFolderSync(run_dir)
-    trainer = build_trainer(settings, logger, run_dir, fast_dev_run, [SaveSettings(settings), folder])
-    fit(trainer, model, datamodule, resume_from, run_dir if writes and not resume_from else None)
+    with removed_unless_started(created):
+        if writes:
+            (run_dir / "config.yaml").write_text(dump_config(settings))
+        logger = build_logger(run_dir)
+        folder = RunFolderSync(run_dir)
+        trainer = build_trainer(options, logger, run_dir, fast_dev_run, [SaveRunOptions(options), folder, *callbacks])
+        fit(trainer, model, datamodule, resume_from)
     best = None if fast_dev_run else "best"
     trainer.test(model, datamodule=datamodule, ckpt_path=best, weights_only=True, verbose=False)
     metrics = report_test(trainer, model, None if fast_dev_run else folder.run_dir, "test_metrics.json")
@@ -101,7 +170,8 @@ def train(settings: Mapping[str, Any], resume_from: Path | None = None, fast_dev
     hp_metrics = {"hp/test_acc": metrics["test/acc"]}
     if best_val is not None:
         hp_metrics["hp/val_acc"] = float(best_val)
-    logger.log_hyperparams({key: str(value) if value is None else value for key, value in settings.items()}, hp_metrics)
+    hparams = {key: "None" if value is None else plain(value) for key, value in settings.items()}
+    logger.log_hyperparams(hparams, hp_metrics)
     logger.finalize("success")  # flushes the event file now, not whenever the process happens to exit
     return metrics
 
@@ -111,19 +181,25 @@ def launch_rank() -> int:
     return int(getattr(rank_zero_only, "rank", 0))
 
 
-def fit(
-    trainer: L.Trainer,
-    model: LeNetClassifier,
-    datamodule: CIFAR10DataModule,
-    resume_from: Path | None,
-    claimed_dir: Path | None,
-) -> None:
-    """``trainer.fit``; SIGTERM becomes :class:`PreemptedError`, and a new run's folder goes if it never started.
+@contextlib.contextmanager
+def removed_unless_started(created: list[Path]) -> Iterator[None]:
+    """On failure, remove the folders this run created (run folder first) while they hold nothing but config.yaml.
 
-    Data problems surface inside ``fit`` (``prepare_data``/``setup``), after the run folder
-    was claimed: a folder that holds nothing but its ``config.yaml`` then goes again, so a
-    failed start does not shift the numbers of later runs.
+    Data and Trainer problems surface after the run folder was claimed (``prepare_data`` and
+    ``setup`` run inside ``fit``): a run that never started leaves no folder and no empty
+    parent, so a failed start does not shift the numbers of later runs either.
     """
+    try:
+        yield
+    except BaseException:
+        for folder in created:
+            if folder.is_dir() and {p.name for p in folder.iterdir()} <= {"config.yaml"}:
+                shutil.rmtree(folder, ignore_errors=True)
+        raise
+
+
+def fit(trainer: L.Trainer, model: LeNetClassifier, datamodule: CIFAR10DataModule, resume_from: Path | None) -> None:
+    """``trainer.fit``; SIGTERM becomes :class:`PreemptedError` saying what was kept and how to resume."""
     try:
         trainer.fit(model, datamodule=datamodule, ckpt_path=resume_from, weights_only=True)
     except SIGTERMException:
@@ -134,12 +210,8 @@ def fit(
         saved = "last.ckpt saved" if last.saved_on_sigterm else "last.ckpt holds the latest epoch's end"
         raise PreemptedError(
             f"stopped by SIGTERM at step {trainer.global_step}, {saved}; resume with: "
-            f"python train.py --ckpt-path {last.path}"
+            f"{invocation()} --ckpt-path {last.path}"
         ) from None
-    except BaseException:
-        if claimed_dir is not None and {p.name for p in claimed_dir.iterdir()} <= {"config.yaml"}:
-            shutil.rmtree(claimed_dir, ignore_errors=True)
-        raise
 
 
 def end_progress_bar(trainer: L.Trainer) -> None:
@@ -150,22 +222,27 @@ def end_progress_bar(trainer: L.Trainer) -> None:
             bar.train_progress_bar.close()
 
 
-def new_run_dir(settings: Mapping[str, Any]) -> Path:
-    """Rank 0 claims a fresh ``version_<n>`` folder; processes Lightning launches for DDP inherit it."""
+def new_run_dir(settings: Mapping[str, Any]) -> tuple[Path, list[Path]]:
+    """Rank 0 claims a fresh ``version_<n>`` folder; processes Lightning launches for DDP inherit it.
+
+    Returns the folder and the folders created for it, innermost first.
+    """
+    experiment_dir = Path(settings["log_dir"]) / settings["name"]
     if launch_rank() == 0:
-        run_dir = claim_run_dir(Path(settings["log_dir"]) / settings["name"])
+        missing = [folder for folder in (experiment_dir, experiment_dir.parent) if not exists(folder)]
+        run_dir = claim_run_dir(experiment_dir)
         os.environ[RUN_DIR_ENV] = str(run_dir.absolute())
-        return run_dir
+        return run_dir, [run_dir, *missing]
     # Other ranks never write; under torchrun/SLURM they learn rank 0's folder in RunFolderSync.
-    return Path(os.environ.get(RUN_DIR_ENV) or Path(settings["log_dir"]) / settings["name"] / "version_unknown")
+    return Path(os.environ.get(RUN_DIR_ENV) or experiment_dir / "version_unknown"), []
 
 
-def build_datamodule(settings: Mapping[str, Any]) -> CIFAR10DataModule:
-    return CIFAR10DataModule(**{key: settings[key] for key in DATA_KEYS})
-
-
-def build_model(settings: Mapping[str, Any], class_names: tuple[str, ...]) -> LeNetClassifier:
-    return LeNetClassifier(class_names=class_names, **{key: settings[key] for key in MODEL_KEYS})
+def exists(path: Path) -> bool:
+    """``path.exists()``, but ``False`` for a name the file system refuses (claiming it then says why)."""
+    try:
+        return path.exists()
+    except OSError:
+        return False
 
 
 def build_logger(run_dir: Path) -> TensorBoardLogger:
@@ -198,7 +275,7 @@ class OneGraphTensorBoardLogger(TensorBoardLogger):
 
 
 def build_trainer(
-    settings: Mapping[str, Any],
+    options: RunOptions,
     logger: TensorBoardLogger,
     run_dir: Path,
     fast_dev_run: bool,
@@ -211,35 +288,35 @@ def build_trainer(
         mode="max",
         auto_insert_metric_name=False,
     )
-    last = LastCheckpoint(run_dir / "checkpoints", every_n_train_steps=settings["checkpoint_every_n_steps"])
-    # A redraw per step costs as much as a LeNet step at batch 4 (benchmarks/throughput.py).
-    progress = StderrProgressBar(refresh_rate=10)
-    callbacks: list[Callback] = [best, last, progress, TensorBoardPictures(), FiniteLossGuard(), *extra_callbacks]
-    if settings["ema_decay"] > 0:
-        callbacks.append(AveragedWeights(decay=settings["ema_decay"]))
-    devices = settings["devices"]
+    last = LastCheckpoint(run_dir / "checkpoints", every_n_train_steps=options.checkpoint_every_n_steps)
+    callbacks: list[Callback] = [
+        best,
+        last,
+        *console_callbacks(),
+        TensorBoardPictures(),
+        FiniteLossGuard(),
+        *extra_callbacks,
+    ]
+    if options.ema_decay > 0:
+        callbacks.append(AveragedWeights(decay=options.ema_decay))
+    devices = str(options.devices)
     try:
-        trainer = L.Trainer(
-            accelerator=settings["accelerator"],
+        return L.Trainer(
+            accelerator=options.accelerator,
             devices=int(devices) if devices.isdigit() else devices,
-            strategy=settings["strategy"],
-            num_nodes=settings["num_nodes"],
-            precision=settings["precision"],
-            max_epochs=settings["max_epochs"],
+            strategy=options.strategy,
+            num_nodes=options.num_nodes,
+            precision=options.precision,
+            max_epochs=options.max_epochs,
             logger=logger,
             callbacks=callbacks,
             plugins=[AtomicCheckpointIO()],
             fast_dev_run=fast_dev_run,
-            deterministic=settings["deterministic"],
-            log_every_n_steps=settings["log_every_n_steps"],
+            deterministic=options.deterministic,
+            log_every_n_steps=options.log_every_n_steps,
         )
     except (MisconfigurationException, ValueError) as error:
         raise UserError(f"{error} (check --accelerator, --devices, --strategy and --precision)") from None
-    if settings["deterministic"]:
-        # deterministic=True also fills every new tensor with NaN, to expose reads of
-        # uninitialised memory; nothing here reads any, and the fills cost ~0.5 ms a step.
-        torch.utils.deterministic.fill_uninitialized_memory = False  # type: ignore[attr-defined]
-    return trainer
 
 
 class RunFolderSync(Callback):
@@ -286,34 +363,40 @@ def report_test(trainer: L.Trainer, model: LeNetClassifier, run_dir: Path | None
 # --- evaluate -----------------------------------------------------------------------
 
 
-def evaluate(checkpoint_path: Path, overrides: Mapping[str, Any]) -> dict[str, Any]:
-    """Test a checkpoint with the settings stored in it; ``overrides`` (flags given now) win."""
+def evaluate(checkpoint_path: Path, given: Mapping[str, Any]) -> dict[str, Any]:
+    """Test a checkpoint with the settings it holds; ``given`` may change where and how it runs, not the model.
+
+    Writes ``eval_<checkpoint>_<data folder>_<digest of its path>_metrics.json`` into the run
+    folder: the training run's own results stay as they were, and evaluations of other data
+    never overwrite each other.
+    """
     checkpoint = load_checkpoint(checkpoint_path)
-    saved = checkpoint.get(SETTINGS_KEY, {})
-    hardware = {**saved, **{k: v for k, v in overrides.items() if v is not None}, "devices": "1"}
-    check_hardware(hardware)  # evaluation runs on one device, whatever training used
-    data = {**checkpoint.get("datamodule_hyper_parameters", {}), **_given(overrides, DATA_KEYS)}
-    # --tta (or --no-tta) given now wins over the training run's setting.
-    tta = {"tta": overrides["tta"]} if overrides.get("tta") is not None else {}
+    fixed = sorted(key for key in given if key not in CHANGEABLE_ON_RESUME)
+    if fixed:
+        raise UserError(
+            f"--evaluate tests the checkpoint as it was trained: {', '.join(flag(key) for key in fixed)} cannot "
+            "change it; leave them out"
+        )
+    settings = resolve_settings(given, saved=checkpoint_settings(checkpoint))
+    check_hardware({**settings, "devices": "1"})  # evaluation runs on one device, whatever training used
+    class_names = (checkpoint.get("hyper_parameters") or {}).get("class_names")
+    model = LeNetClassifier(class_names=class_names, **model_arguments(settings))
     # Built from the checkpoint already read (and checked) above, not read from disk a second time.
-    model = LeNetClassifier(**{**checkpoint["hyper_parameters"], **tta})
     model.load_state_dict(checkpoint["state_dict"])
-    datamodule = CIFAR10DataModule(**data)
+    datamodule = CIFAR10DataModule(**data_arguments(settings))
     trainer = L.Trainer(
-        accelerator=hardware["accelerator"],
+        accelerator=settings["accelerator"],
         devices=1,
-        precision=hardware["precision"],
+        precision=settings["precision"],
         logger=False,
         enable_checkpointing=False,
+        callbacks=console_callbacks(),
     )
     trainer.test(model, datamodule=datamodule, verbose=False)
-    # Its own file, named after the checkpoint and data: the training run's test results stay as they were.
-    stem = f"eval_{checkpoint_path.stem}_{datamodule.data_dir.absolute().name}"
+    data_dir = datamodule.data_dir.absolute()
+    where = hashlib.sha256(str(data_dir).encode()).hexdigest()[:8]
+    stem = f"eval_{checkpoint_path.stem}_{data_dir.name}_{where}"
     run_dir = run_dir_of(checkpoint_path)
     metrics = report_test(trainer, model, run_dir, f"{stem}_metrics.json")
     print(f"evaluation of '{checkpoint_path}' on '{datamodule.data_dir}': {run_dir / stem}_metrics.json")
     return metrics
-
-
-def _given(values: Mapping[str, Any], keys: tuple[str, ...]) -> dict[str, Any]:
-    return {key: values[key] for key in keys if values.get(key) is not None}

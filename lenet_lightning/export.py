@@ -31,8 +31,8 @@ import lenet_lightning
 from lenet_lightning.cifar10 import ARCHIVE_FOLDER, CLASSES, default_cache_dir, resolve_normalization
 from lenet_lightning.errors import UserError
 from lenet_lightning.model import LeNet5
-from lenet_lightning.runs import SETTINGS_KEY, load_checkpoint, run_dir_of
-from lenet_lightning.settings import RECIPES
+from lenet_lightning.runs import load_checkpoint, run_dir_of
+from lenet_lightning.settings import CHANGEABLE_ON_RESUME, checkpoint_settings, plain
 from lenet_lightning.sources import (
     detect_source,
     list_image_folder,
@@ -46,7 +46,6 @@ BUNDLE_FILES = ("model.onnx", "model.pt2", "labels.json", "model_card.md", "mode
 TOLERANCE = 1e-4
 INPUT_NAME, OUTPUT_NAME = "images", "probabilities"
 # Recipe keys worth a line in the model card (the rest of the settings are hardware and paths).
-RECIPE_KEYS = ("recipe", *RECIPES["default"], "seed", "precision")
 
 
 class ImageClassifier(nn.Module):
@@ -305,7 +304,7 @@ def model_card(
     artifacts: dict[str, Any],
 ) -> dict[str, Any]:
     """Everything a user of the bundle needs to know, as plain JSON data."""
-    settings = checkpoint.get(SETTINGS_KEY, {})
+    settings = card_settings(checkpoint)
     normalization, mean, std = checkpoint_normalization(checkpoint)
     return {
         "model": {
@@ -319,7 +318,7 @@ def model_card(
             "classes": list(class_names),
         },
         "training": {
-            "recipe": {key: settings[key] for key in RECIPE_KEYS if key in settings},
+            "recipe": settings,
             "checkpoint": checkpoint_path.name,
             "epochs_completed": checkpoint.get("epoch", -1) + 1,
             "global_step": checkpoint.get("global_step"),
@@ -339,6 +338,13 @@ def model_card(
             "Accuracy is that of one training run and one seed on the test split named above.",
         ],
     }
+
+
+def card_settings(checkpoint: dict[str, Any]) -> dict[str, Any]:
+    """What the model's numbers depend on: every setting but where and how the run ran (precision aside)."""
+    settings = checkpoint_settings(checkpoint)
+    recipe = (key for key in settings if key not in CHANGEABLE_ON_RESUME or key == "precision")
+    return {key: plain(settings[key]) for key in recipe}
 
 
 def data_card(data: dict[str, Any]) -> dict[str, Any]:

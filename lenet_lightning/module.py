@@ -4,10 +4,11 @@ from __future__ import annotations
 
 import math
 from collections.abc import Iterable, Mapping, Sequence
-from typing import Any
+from typing import Any, Literal, get_args
 
 import lightning as L
 import torch
+from lightning.pytorch.trainer.states import TrainerFn
 from torch import Tensor, nn
 from torch.nn import functional as F
 from torch.optim import SGD, AdamW, Optimizer
@@ -15,17 +16,25 @@ from torch.optim.lr_scheduler import LambdaLR, LRScheduler, OneCycleLR
 from torchmetrics.classification import MulticlassAccuracy, MulticlassConfusionMatrix
 from typing_extensions import override
 
-from lenet_lightning.errors import UserError
+from lenet_lightning.errors import SettingError
 from lenet_lightning.model import LeNet5
+from lenet_lightning.validation import check_bool, check_choice, check_float, check_int
 
-OPTIMIZERS = ("sgd", "adamw")
-SCHEDULERS = ("onecycle", "cosine", "none")
-INITS = ("default", "he")
+OptimizerName = Literal["sgd", "adamw"]
+SchedulerName = Literal["onecycle", "cosine", "none"]
+InitName = Literal["default", "he"]
+OPTIMIZERS: tuple[str, ...] = get_args(OptimizerName)
+SCHEDULERS: tuple[str, ...] = get_args(SchedulerName)
+INITS: tuple[str, ...] = get_args(InitName)
 Batch = tuple[Tensor, Tensor]
 
 
 class LeNetClassifier(L.LightningModule):
     """Cross-entropy training of LeNet-5 with overall and per-class accuracy.
+
+    The defaults are the project's default recipe (with :class:`CIFAR10DataModule`'s
+    defaults and 30 epochs); ``train.py``, its config files and LightningCLI take their
+    settings, defaults and help from this signature.
 
     Logs ``train/loss``, ``train/acc``, ``train/lr``, ``{val,test}/loss``,
     ``{val,test}/acc`` and ``{val,test}/acc_<class>``; with ``tta``, also ``test/acc_tta``
@@ -61,22 +70,27 @@ class LeNetClassifier(L.LightningModule):
         self,
         class_names: Sequence[str] | None = None,
         num_classes: int = 10,
-        optimizer: str = "sgd",
-        lr: float = 0.05,
+        optimizer: OptimizerName = "sgd",
+        lr: float = 0.07,
         momentum: float = 0.9,
         nesterov: bool = True,
         weight_decay: float = 5e-4,
         label_smoothing: float = 0.1,
-        scheduler: str = "onecycle",
+        scheduler: SchedulerName = "onecycle",
         warmup_fraction: float = 0.15,
-        init: str = "default",
-        decay_biases: bool = True,
+        init: InitName = "default",
+        decay_biases: bool = False,
         tta: bool = False,
     ) -> None:
         super().__init__()
-        validate_recipe(optimizer, lr, momentum, weight_decay, label_smoothing, scheduler, warmup_fraction, init)
+        validate_training(optimizer, lr, momentum, nesterov, weight_decay, label_smoothing, scheduler, warmup_fraction)
+        check_choice("init", init, INITS)
+        check_bool("decay_biases", decay_biases)
+        check_bool("tta", tta)
+        # A list, not a tuple: hparams.yaml and config files stay plain, safe-loadable YAML.
+        class_names = check_class_names(class_names)
+        num_classes = len(class_names) if class_names else check_int("num_classes", num_classes, minimum=1)
         self.save_hyperparameters()
-        num_classes = len(class_names) if class_names else num_classes
         self.class_names = tuple(class_names or (f"class_{i}" for i in range(num_classes)))
         self.net = LeNet5(num_classes)
         if init == "he":
@@ -120,6 +134,26 @@ class LeNetClassifier(L.LightningModule):
         return {"optimizer": optimizer, "lr_scheduler": {"scheduler": scheduler, "interval": "step"}}
 
     @override
+    def on_load_checkpoint(self, checkpoint: dict[str, Any]) -> None:
+        """Refuse to resume a one-cycle schedule with another length, which would fail or change course mid-run.
+
+        Checkpoints of LightningCLI or a plain Trainer do not record their epochs; their
+        schedule's length does.
+        """
+        schedulers = checkpoint.get("lr_schedulers") or [{}]
+        saved = schedulers[0].get("total_steps")
+        if saved is None or self.trainer.state.fn != TrainerFn.FITTING:
+            return
+        planned, epochs = self._total_steps(), self.trainer.max_epochs or 1
+        if saved != planned:
+            per_epoch = planned // epochs
+            raise SettingError(
+                "max_epochs",
+                f"must be {saved // per_epoch} to continue this checkpoint's learning-rate schedule ({saved} steps, "
+                f"{per_epoch} per epoch), got {epochs}",
+            )
+
+    @override
     def training_step(self, batch: Batch, batch_idx: int) -> Tensor:
         return self._shared_step(batch, "train")
 
@@ -149,9 +183,10 @@ class LeNetClassifier(L.LightningModule):
             self._log_epoch_end("test_tta", "test/acc_tta", self.test_acc_tta_per_class, self.test_tta_confmat)
 
     @override
-    def predict_step(self, batch: Batch, batch_idx: int) -> Tensor:
-        """Class probabilities for the batch's images."""
-        return self(batch[0]).softmax(dim=1)
+    def predict_step(self, batch: Batch | Tensor, batch_idx: int) -> Tensor:
+        """Class probabilities for the batch's images (a batch of images, or of ``(images, labels)``)."""
+        images = batch if isinstance(batch, Tensor) else batch[0]
+        return self(images).softmax(dim=1)
 
     def _total_steps(self) -> int:
         """Optimizer steps of the whole run, for the learning-rate schedule.
@@ -289,30 +324,34 @@ def warmup_cosine(step: int, warmup_steps: int, total_steps: int) -> float:
     return 0.5 * (1.0 + math.cos(math.pi * min(1.0, progress)))
 
 
-def validate_recipe(
+def validate_training(
     optimizer: str,
     lr: float,
     momentum: float,
+    nesterov: bool,
     weight_decay: float,
     label_smoothing: float,
     scheduler: str,
     warmup_fraction: float,
-    init: str = "default",
 ) -> None:
-    """Reject impossible training settings with a message that says what to use instead."""
-    if init not in INITS:
-        raise UserError(f"unknown init '{init}': use one of {', '.join(INITS)}")
-    if optimizer not in OPTIMIZERS:
-        raise UserError(f"unknown optimizer '{optimizer}': use one of {', '.join(OPTIMIZERS)}")
-    if scheduler not in SCHEDULERS:
-        raise UserError(f"unknown scheduler '{scheduler}': use one of {', '.join(SCHEDULERS)}")
-    if not lr > 0 or not math.isfinite(lr):
-        raise UserError(f"learning rate must be a positive number, got {lr}")
-    if not 0 <= momentum < 1:
-        raise UserError(f"momentum must be in [0, 1), got {momentum}")
-    if weight_decay < 0:
-        raise UserError(f"weight decay must be >= 0, got {weight_decay}")
-    if not 0 <= label_smoothing < 1:
-        raise UserError(f"label smoothing must be in [0, 1), got {label_smoothing}")
-    if not 0 < warmup_fraction < 1:
-        raise UserError(f"warm-up fraction must be in (0, 1), got {warmup_fraction}")
+    """Reject training settings no run can use, naming the parameter (:class:`SettingError`)."""
+    check_choice("optimizer", optimizer, OPTIMIZERS)
+    check_float("lr", lr, above=0)
+    check_float("momentum", momentum, minimum=0, below=1)
+    check_bool("nesterov", nesterov)
+    check_float("weight_decay", weight_decay, minimum=0)
+    check_float("label_smoothing", label_smoothing, minimum=0, below=1)
+    check_choice("scheduler", scheduler, SCHEDULERS)
+    check_float("warmup_fraction", warmup_fraction, above=0, below=1)
+
+
+def check_class_names(class_names: Sequence[str] | None) -> list[str] | None:
+    """``class_names`` as a list of distinct, non-empty strings, or ``None``."""
+    if class_names is None:
+        return None
+    if isinstance(class_names, str) or not all(isinstance(name, str) and name for name in class_names):
+        raise SettingError("class_names", f"must be a list of non-empty names, got {class_names!r}")
+    names = list(class_names)
+    if len(set(names)) != len(names) or not names:
+        raise SettingError("class_names", f"must hold at least one name, each once, got {names}")
+    return names

@@ -6,6 +6,7 @@ A run folder is ``<log_dir>/<name>/version_<n>/`` and holds everything of one ru
 
 from __future__ import annotations
 
+import dataclasses
 import os
 import pickle
 import re
@@ -15,15 +16,19 @@ from typing import Any
 
 import lightning as L
 import torch
+import yaml
 from lightning.pytorch.callbacks import Callback, ModelCheckpoint
 from lightning.pytorch.plugins.io import TorchCheckpointIO
 from typing_extensions import override
 
-from lenet_lightning.errors import UserError
+from lenet_lightning.errors import UserError, invocation
 from lenet_lightning.module import LeNetClassifier
+from lenet_lightning.settings import RUN_KEY, SETTINGS, RunOptions
 
-SETTINGS_KEY = "lenet_lightning_settings"
 VERSION_PREFIX = "version_"
+VERSION_PATTERN = re.compile(r"version_([0-9]+)")
+# Written when a run has been tested, after everything else: a run folder holding it has finished.
+FINISHED_MARK = "test_metrics.json"
 
 
 # --- run folders ---------------------------------------------------------------------
@@ -47,8 +52,53 @@ def claim_run_dir(experiment_dir: Path) -> Path:
 
 def next_version(experiment_dir: Path) -> int:
     """One more than the highest ``version_<n>`` under ``experiment_dir`` (0 if none)."""
-    suffixes = [p.name[len(VERSION_PREFIX) :] for p in experiment_dir.glob(f"{VERSION_PREFIX}*")]
-    return max((int(s) for s in suffixes if s.isdigit()), default=-1) + 1
+    return max((number for number, _ in run_dirs(experiment_dir)), default=-1) + 1
+
+
+def run_dirs(experiment_dir: Path) -> list[tuple[int, Path]]:
+    """The run folders under ``experiment_dir``, oldest first: exactly ``version_<digits>``, nothing else.
+
+    Copies and backups a user leaves beside them (``version_1_0``, ``version_0.bak``) are
+    not run folders and are never parsed as numbers.
+    """
+    if not experiment_dir.is_dir():
+        return []
+    found = [(VERSION_PATTERN.fullmatch(entry.name), entry) for entry in experiment_dir.iterdir()]
+    return sorted((int(match[1]), entry) for match, entry in found if match and entry.is_dir())
+
+
+def own_run_dir(checkpoint_path: Path) -> Path | None:
+    """The train.py run folder a checkpoint lies in (symlinks resolved), or ``None`` when it lies elsewhere.
+
+    A run folder is ``version_<digits>/`` holding ``config.yaml`` of this project's settings and
+    the checkpoint in ``checkpoints/``; a copy in a user's own folder, or a LightningCLI or plain
+    ``Trainer`` run, is not one.
+    """
+    path = checkpoint_path.resolve()
+    folder = path.parent.parent
+    if path.parent.name != "checkpoints" or not VERSION_PATTERN.fullmatch(folder.name):
+        return None
+    try:
+        config = yaml.safe_load((folder / "config.yaml").read_bytes().decode("utf-8"))
+    except (OSError, UnicodeDecodeError, yaml.YAMLError):
+        return None
+    return folder if isinstance(config, dict) and config and set(config) <= set(SETTINGS) else None
+
+
+def check_resumable(checkpoint_path: Path) -> None:
+    """Refuse to resume a finished run: a resume would test it again and rewrite its results."""
+    run_dir = own_run_dir(checkpoint_path)
+    if run_dir is not None and is_finished(run_dir):
+        raise UserError(
+            f"the run in '{run_dir}' has finished (its results are in {FINISHED_MARK}), so resuming it would "
+            f"rewrite them: evaluate it with {invocation()} --evaluate --ckpt-path {checkpoint_path}, or train "
+            f"longer in a new run with --config {run_dir / 'config.yaml'} --max-epochs <more>"
+        )
+
+
+def is_finished(run_dir: Path) -> bool:
+    """Whether the run trained to its end and was tested (its test results are written last)."""
+    return (run_dir / FINISHED_MARK).is_file()
 
 
 def check_writable(folder: Path) -> None:
@@ -70,17 +120,23 @@ def run_dir_of(checkpoint_path: Path) -> Path:
     return parent.parent if parent.name == "checkpoints" else parent
 
 
-def find_last_checkpoint(log_dir: Path, name: str) -> Path:
-    """The ``last.ckpt`` of the newest run under ``<log_dir>/<name>/`` (for ``--ckpt-path last``)."""
-    candidates = sorted(
-        (log_dir / name).glob(f"{VERSION_PREFIX}*/checkpoints/last.ckpt"),
-        key=lambda path: int(path.parent.parent.name.removeprefix(VERSION_PREFIX)),
-    )
+def find_last_checkpoint(log_dir: Path, name: str, unfinished: bool = False) -> Path:
+    """The ``last.ckpt`` of the newest run under ``<log_dir>/<name>/`` (``--ckpt-path last``).
+
+    ``unfinished``: of the newest run that has not finished (what resuming means).
+    """
+    runs = [run_dir for _, run_dir in run_dirs(log_dir / name) if (run_dir / "checkpoints" / "last.ckpt").is_file()]
+    candidates = [run_dir for run_dir in runs if not (unfinished and is_finished(run_dir))]
+    if not candidates and runs:
+        raise UserError(
+            f"every run under '{log_dir / name}' has finished, so there is nothing to resume: start a new run, or "
+            f"evaluate the newest with {invocation()} --evaluate --ckpt-path last"
+        )
     if not candidates:
         raise UserError(
             f"no last.ckpt under '{log_dir / name}': train first, or pass --ckpt-path with a checkpoint's path"
         )
-    return candidates[-1]
+    return candidates[-1] / "checkpoints" / "last.ckpt"
 
 
 # --- writing checkpoints ----------------------------------------------------------------
@@ -193,15 +249,19 @@ class LastCheckpoint(RunCheckpoint):
             trainer.save_checkpoint(self.path, weights_only=False)
 
 
-class SaveSettings(Callback):
-    """Stores the run's resolved settings in every checkpoint, so resume needs no flags."""
+class SaveRunOptions(Callback):
+    """Stores the run options in every checkpoint, beside Lightning's model and DataModule hyperparameters.
 
-    def __init__(self, settings: dict[str, Any]) -> None:
-        self.settings = settings
+    Together they are the run's settings (``settings.checkpoint_settings`` reads them back),
+    so resuming, evaluating and exporting need no flags.
+    """
+
+    def __init__(self, options: RunOptions) -> None:
+        self.options = dataclasses.asdict(options)
 
     @override
     def on_save_checkpoint(self, trainer: L.Trainer, pl_module: L.LightningModule, checkpoint: dict[str, Any]) -> None:
-        checkpoint[SETTINGS_KEY] = self.settings
+        checkpoint[RUN_KEY] = self.options
 
 
 # --- reading checkpoints ----------------------------------------------------------------

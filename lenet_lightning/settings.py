@@ -1,148 +1,187 @@
-"""A run's settings in one place: defaults, recipes, how they merge, what values are allowed.
+"""A run's settings, derived from the constructors: names, types, defaults, help, recipes, one record per run.
 
-A run is described by one flat dictionary (``RUN_SETTINGS`` keys). It is
-resolved in this order, later layers winning: the defaults, the recipe, the
-settings a resumed checkpoint stored, a ``--config`` file, the flags given now.
-The resolved settings are saved in every run folder as ``config.yaml`` and in
-every checkpoint, so a run can be repeated (``--config``) or resumed with no flags.
+The arguments of :class:`LeNetClassifier` and :class:`CIFAR10DataModule` (and the
+fields of :class:`RunOptions`, the Trainer's side) *are* the settings: their defaults
+are the default recipe, their docstrings the help text, their annotations the
+types. ``train.py``'s flags, its ``--config`` files, LightningCLI and checkpoints
+all go through this table, and the classes validate every value themselves.
+
+A run is resolved in this order, later layers winning: the defaults, the recipe,
+the settings a resumed checkpoint holds, a ``--config`` file's changes, the flags
+given now. The resolved settings go into the run folder's ``config.yaml``; the
+checkpoints hold the same values as the model's ``hyper_parameters``, the
+DataModule's ``datamodule_hyper_parameters`` and the run options, and
+:func:`checkpoint_settings` reads them back for evaluating, predicting, exporting
+and resuming.
 """
 
 from __future__ import annotations
 
-from collections.abc import Mapping
+import inspect
+import re
+import types
+import typing
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, Literal, get_args, get_origin
 
-import torch
 import yaml
 
-from lenet_lightning.errors import UserError
+from lenet_lightning.data import CIFAR10DataModule
+from lenet_lightning.errors import SettingError, UserError
+from lenet_lightning.module import LeNetClassifier
+from lenet_lightning.validation import check_bool, check_choice, check_float, check_int, check_path
 
-# Flags that are not part of a recipe, with their defaults.
-DEFAULTS: dict[str, Any] = {
-    "recipe": "default",
-    "accelerator": "auto",
-    "devices": "auto",
-    "strategy": "auto",
-    "num_nodes": 1,
-    "precision": "32-true",
-    "deterministic": True,
-    "data_dir": "data",
-    "cache_dir": None,
-    "download_url": None,
-    "num_workers": 0,
-    "eval_batch_size": 1000,
-    "val_size": 5000,
-    "seed": 0,
-    "log_dir": "logs",
-    "name": "lenet",
-    "checkpoint_every_n_steps": 0,
-    "log_every_n_steps": 50,
-    "tta": False,
+RecipeName = Literal["default", "fast", "tutorial"]
+AcceleratorName = Literal["auto", "cpu", "gpu", "cuda", "mps"]
+PrecisionName = Literal["32-true", "64-true", "bf16-mixed", "bf16-true", "16-mixed", "16-true"]
+PRECISIONS: tuple[str, ...] = get_args(PrecisionName)
+PRECISION_ALIASES = {"32": "32-true", "64": "64-true", "16": "16-mixed", "bf16": "bf16-mixed"}
+# The run options a checkpoint written by train.py holds (the model's and data's are Lightning's own keys).
+RUN_KEY = "lenet_lightning_run"
+# Checkpoints of earlier releases held every setting, flat, under this key.
+EARLIER_KEY = "lenet_lightning_settings"
+
+
+@dataclass(frozen=True)
+class RunOptions:
+    """How a run is carried out: the settings that belong to the Trainer and its callbacks.
+
+    Args:
+        recipe: named recipe the other settings start from; given settings change it.
+        max_epochs: epochs to train.
+        ema_decay: exponential moving average of the weights, per step; validation, test and checkpoints use it
+            (0: off).
+        accelerator: cpu, gpu, mps or auto.
+        devices: devices per node: a number, a list like 0,1, or auto.
+        strategy: auto, ddp, ddp_spawn, ...
+        num_nodes: nodes for multi-node DDP.
+        precision: numeric precision of training and evaluation.
+        deterministic: deterministic algorithms (reproducible to the last bit on the same machine).
+        log_dir: runs go to <log_dir>/<name>/version_<n>/.
+        name: experiment name.
+        checkpoint_every_n_steps: also write last.ckpt every N steps (0: once per epoch).
+        log_every_n_steps: write per-step scalars (train/loss, train/lr) every N steps.
+    """
+
+    recipe: RecipeName = "default"
+    max_epochs: int = 30
+    ema_decay: float = 0.0
+    accelerator: AcceleratorName = "auto"
+    devices: int | str = "auto"
+    strategy: str = "auto"
+    num_nodes: int = 1
+    precision: PrecisionName = "32-true"
+    deterministic: bool = True
+    log_dir: str = "logs"
+    name: str = "lenet"
+    checkpoint_every_n_steps: int = 0
+    log_every_n_steps: int = 50
+
+    def __post_init__(self) -> None:
+        check_choice("recipe", self.recipe, RECIPES)
+        check_int("max_epochs", self.max_epochs, minimum=1)
+        check_float("ema_decay", self.ema_decay, minimum=0, below=1)
+        check_choice("accelerator", self.accelerator, get_args(AcceleratorName))
+        check_devices(self.devices)
+        check_path("strategy", self.strategy)
+        check_int("num_nodes", self.num_nodes, minimum=1)
+        check_choice("precision", self.precision, PRECISIONS)
+        check_bool("deterministic", self.deterministic)
+        check_path("log_dir", self.log_dir)
+        check_path("name", self.name)
+        if "/" in self.name or self.name in (".", ".."):
+            raise SettingError("name", f"must be a plain folder name, got {self.name!r}")
+        check_int("checkpoint_every_n_steps", self.checkpoint_every_n_steps, minimum=0)
+        check_int("log_every_n_steps", self.log_every_n_steps, minimum=1)
+
+
+def check_devices(devices: Any) -> None:
+    """``auto``, a positive count, ``-1`` (all), or a comma-separated list of device indices."""
+    text = str(devices) if isinstance(devices, int) and not isinstance(devices, bool) else devices
+    if not isinstance(text, str) or not re.fullmatch(r"auto|-1|[1-9]\d*|\d+(,\d+)*,?", text):
+        raise SettingError("devices", f"must be auto, a number of devices or a list like 0,1, got {devices!r}")
+
+
+@dataclass(frozen=True)
+class Setting:
+    """One setting: which constructor takes it, its type, default and help."""
+
+    name: str
+    owner: str  # "run", "model" or "data"
+    annotation: Any
+    default: Any
+    help: str
+
+
+# Constructor arguments that are for Python callers only: objects, or values train.py derives itself.
+PYTHON_ONLY = {"class_names", "num_classes", "mean", "std", "augmentation", "device", "pin_memory"}
+
+
+def signature_settings(target: Callable[..., Any], owner: str, docstring: str | None) -> list[Setting]:
+    """The settings a constructor (or dataclass) takes, in signature order, with help from its docstring."""
+    hints = typing.get_type_hints(target)
+    helps = docstring_args(docstring or "")
+    return [
+        Setting(name, owner, hints[name], parameter.default, helps.get(name, ""))
+        for name, parameter in inspect.signature(target).parameters.items()
+        if name not in PYTHON_ONLY and name != "self"
+    ]
+
+
+def docstring_args(docstring: str) -> dict[str, str]:
+    """The ``Args:`` section of a Google-style docstring: name -> its text on one line, markup removed."""
+    args: dict[str, str] = {}
+    section = inspect.cleandoc(docstring).partition("Args:\n")[2]
+    name = None
+    for line in section.splitlines():
+        match = re.match(r"    (\w+): (.*)", line)
+        if match:
+            name, args[match[1]] = match[1], match[2]
+        elif line.startswith("        ") and name:
+            args[name] += " " + line.strip()
+        elif line.strip():
+            break
+    return {
+        key: text.replace("``", "").replace(":func:", "").replace("`", "").rstrip(".") for key, text in args.items()
+    }
+
+
+SETTINGS: dict[str, Setting] = {
+    setting.name: setting
+    for setting in (
+        *signature_settings(RunOptions, "run", RunOptions.__doc__),
+        *signature_settings(LeNetClassifier.__init__, "model", LeNetClassifier.__doc__),
+        *signature_settings(CIFAR10DataModule.__init__, "data", CIFAR10DataModule.__doc__),
+    )
 }
+DEFAULTS: dict[str, Any] = {name: setting.default for name, setting in SETTINGS.items()}
+MODEL_KEYS = tuple(name for name, setting in SETTINGS.items() if setting.owner == "model")
+DATA_KEYS = tuple(name for name, setting in SETTINGS.items() if setting.owner == "data")
+RUN_KEYS = tuple(name for name, setting in SETTINGS.items() if setting.owner == "run")
 
+# Each named recipe as its differences from the constructors' defaults (which are the default recipe).
 RECIPES: dict[str, dict[str, Any]] = {
-    # Exact LeNet-5, 30 epochs. Every value chosen on the validation split (5,000 images held
-    # out of the training images, never the test split): best val/acc of 30-epoch runs, seed 0,
-    # and seed 1 where candidates came within half a point (the table is in the README).
-    # Batch 128 at peak lr 0.07 gave 72.74 / 73.34 % (seeds 0 / 1) against 72.30 / 71.18 for
-    # batch 256 at 0.05; label smoothing 0 or 0.2, weight decay 2e-4 or 1e-3, 1-pixel shifts,
-    # reflect padding, momentum 0.95 did worse, and so did lr 0.035 (72.56, seed 0) and 0.1
-    # (73.04 / 71.56) at batch 128.
-    "default": {
-        "max_epochs": 30,
-        "batch_size": 128,
-        "optimizer": "sgd",
-        "lr": 0.07,
-        "momentum": 0.9,
-        "nesterov": True,
-        "weight_decay": 5e-4,
-        "label_smoothing": 0.1,
-        "scheduler": "onecycle",
-        "warmup_fraction": 0.15,
-        "normalization": "cifar10",
-        "hflip": True,
-        "translate": 2,
-        "pad_mode": "zeros",
-        "init": "default",
-        "decay_biases": False,
-        "ema_decay": 0.0,
-    },
-    # The tutorial's accuracy in the least wall time on 2 CPU cores. Chosen on the validation
-    # split (3 epochs unless said): peak lr 0.02 / 0.05 / 0.1 / 0.2 with He init gave 54.5 /
-    # 58.2 / 50.8 / 48.3 % val accuracy; PyTorch's init 59.5 (He: 58.2, 4 epochs 58.2); flips
-    # 59.5 (no gain, left out); PyTorch's init and 4 epochs 60.3 % (test 61.2 %).
-    "fast": {
-        "max_epochs": 4,
-        "batch_size": 128,
-        "optimizer": "sgd",
-        "lr": 0.05,
-        "momentum": 0.9,
-        "nesterov": True,
-        "weight_decay": 5e-4,
-        "label_smoothing": 0.0,
-        "scheduler": "onecycle",
-        "warmup_fraction": 0.15,
-        "normalization": "cifar10",
-        "hflip": False,
-        "translate": 0,
-        "pad_mode": "zeros",
-        "init": "default",
-        "decay_biases": False,
-        "ema_decay": 0.0,
-    },
+    # Exact LeNet-5, 30 epochs, every value chosen on the validation split (docs/training.md).
+    "default": {},
+    # The tutorial's accuracy in the least wall time on 2 CPU cores (docs/training.md).
+    "fast": {"max_epochs": 4, "lr": 0.05, "label_smoothing": 0.0, "hflip": False, "translate": 0},
     # PyTorch's "Training a classifier" tutorial, exactly.
     "tutorial": {
         "max_epochs": 5,
         "batch_size": 4,
-        "optimizer": "sgd",
         "lr": 0.001,
-        "momentum": 0.9,
         "nesterov": False,
         "weight_decay": 0.0,
         "label_smoothing": 0.0,
         "scheduler": "none",
-        "warmup_fraction": 0.15,
         "normalization": "half",
         "hflip": False,
         "translate": 0,
-        "pad_mode": "zeros",
-        "init": "default",
         "decay_biases": True,
-        "ema_decay": 0.0,
     },
 }
-
-# Everything that describes a run (saved in its config.yaml and checkpoints).
-RUN_SETTINGS = (*DEFAULTS, *RECIPES["default"])
-# The arguments of LeNetClassifier and of CIFAR10DataModule among them.
-MODEL_KEYS = (
-    "optimizer",
-    "lr",
-    "momentum",
-    "nesterov",
-    "weight_decay",
-    "label_smoothing",
-    "scheduler",
-    "warmup_fraction",
-    "init",
-    "decay_biases",
-    "tta",
-)
-DATA_KEYS = (
-    "data_dir",
-    "batch_size",
-    "eval_batch_size",
-    "num_workers",
-    "val_size",
-    "seed",
-    "normalization",
-    "hflip",
-    "translate",
-    "pad_mode",
-    "cache_dir",
-    "download_url",
-)
 
 # What may differ when a run is resumed: where and how it runs, not what it computes. Everything
 # else (the recipe, epochs, batch size, seed, split) shapes the schedule or the data order.
@@ -155,6 +194,7 @@ CHANGEABLE_ON_RESUME = (
     "deterministic",
     "data_dir",
     "cache_dir",
+    "download",
     "download_url",
     "num_workers",
     "eval_batch_size",
@@ -165,10 +205,11 @@ CHANGEABLE_ON_RESUME = (
     "tta",
 )
 
-# Lightning's --precision values, each either supported here or refused with what to use instead.
-PRECISIONS = ("32-true", "64-true", "bf16-mixed", "bf16-true", "16-mixed", "16-true")
-PRECISION_ALIASES = {"32": "32-true", "64": "64-true", "16": "16-mixed", "bf16": "bf16-mixed"}
-MAX_SEED = 2**32 - 1  # what NumPy (seeded by Lightning's seed_everything) accepts
+
+def recipe_settings(recipe: str) -> dict[str, Any]:
+    """Every setting of the named recipe."""
+    check_choice("recipe", recipe, RECIPES)
+    return {**DEFAULTS, **RECIPES[recipe], "recipe": recipe}
 
 
 def resolve_settings(
@@ -176,20 +217,49 @@ def resolve_settings(
 ) -> dict[str, Any]:
     """Defaults < recipe < ``saved`` (a resumed checkpoint's) < ``config`` (a file) < ``given`` (flags).
 
-    ``given`` may hold other keys (they are ignored) and ``None`` for "not given".
+    ``given`` may hold other keys (they are ignored) and ``None`` for "not given". A new run's
+    recipe is the one given, else the config file's, else ``default``; a config file
+    contributes only its changes from its own recipe, so ``--config fast.yaml --recipe
+    default`` is the default recipe (plus whatever fast.yaml changed from fast), labelled so.
     """
-    layers = [dict(saved or {}), dict(config or {}), {k: v for k, v in given.items() if v is not None}]
-    layers = [{k: v for k, v in layer.items() if k in RUN_SETTINGS} for layer in layers]
-    recipe = next((layer["recipe"] for layer in reversed(layers) if "recipe" in layer), DEFAULTS["recipe"])
-    if recipe not in RECIPES:
-        raise UserError(f"unknown recipe '{recipe}': use one of {', '.join(RECIPES)}")
-    settings = {**DEFAULTS, **RECIPES[recipe]}
-    for layer in layers:
-        settings.update(layer)
-    settings["recipe"] = recipe
-    settings["precision"] = PRECISION_ALIASES.get(str(settings["precision"]), str(settings["precision"]))
-    settings["devices"] = str(settings["devices"])
-    return settings
+    flags = {key: value for key, value in given.items() if value is not None and key in SETTINGS}
+    config = {key: value for key, value in (config or {}).items() if key in SETTINGS}
+    if saved is not None:
+        settings = {**recipe_settings(saved.get("recipe", "default")), **saved, **config}
+    else:
+        recipe = flags.get("recipe", config.get("recipe", "default"))
+        settings = {**recipe_settings(recipe), **changes_from_recipe(config)}
+    settings.update(flags)
+    settings["precision"] = PRECISION_ALIASES.get(str(settings["precision"]), settings["precision"])
+    if isinstance(settings["devices"], int) and not isinstance(settings["devices"], bool):
+        settings["devices"] = str(settings["devices"])
+    return {key: settings[key] for key in SETTINGS}
+
+
+def changes_from_recipe(settings: Mapping[str, Any]) -> dict[str, Any]:
+    """The settings that differ from their recipe's (the recipe named in ``settings``, else default)."""
+    recipe = recipe_settings(settings.get("recipe", "default"))
+    return {key: value for key, value in settings.items() if key != "recipe" and value != recipe.get(key)}
+
+
+def validate_settings(settings: Mapping[str, Any]) -> RunOptions:
+    """Check every value where it is used: the run options here, the rest by the classes' own checks."""
+    options = run_options(settings)
+    LeNetClassifier(**model_arguments(settings))
+    CIFAR10DataModule(**data_arguments(settings))
+    return options
+
+
+def run_options(settings: Mapping[str, Any]) -> RunOptions:
+    return RunOptions(**{key: settings[key] for key in RUN_KEYS})
+
+
+def model_arguments(settings: Mapping[str, Any]) -> dict[str, Any]:
+    return {key: settings[key] for key in MODEL_KEYS}
+
+
+def data_arguments(settings: Mapping[str, Any]) -> dict[str, Any]:
+    return {key: settings[key] for key in DATA_KEYS}
 
 
 def check_resume_changes(saved: Mapping[str, Any], requested: Mapping[str, Any]) -> None:
@@ -197,7 +267,7 @@ def check_resume_changes(saved: Mapping[str, Any], requested: Mapping[str, Any])
     changed = [
         key
         for key, value in requested.items()
-        if value is not None and key in RUN_SETTINGS and key not in CHANGEABLE_ON_RESUME and key in saved
+        if value is not None and key in SETTINGS and key not in CHANGEABLE_ON_RESUME and key in saved
         if str(value) != str(saved[key])
     ]
     if changed:
@@ -208,53 +278,23 @@ def check_resume_changes(saved: Mapping[str, Any], requested: Mapping[str, Any])
         )
 
 
-def check_numbers(settings: Mapping[str, Any]) -> None:
-    """Reject run settings no run can use (one line naming the flag and what it needs)."""
-    minimums = {"max_epochs": 1, "num_nodes": 1, "log_every_n_steps": 1, "checkpoint_every_n_steps": 0}
-    for key, minimum in minimums.items():
-        if settings[key] < minimum:
-            raise UserError(f"{flag(key)} must be at least {minimum}, got {settings[key]}")
-    if not 0 <= settings["ema_decay"] < 1:
-        raise UserError(f"--ema-decay must be in [0, 1) (0: no weight averaging), got {settings['ema_decay']}")
-    if not 0 <= settings["seed"] <= MAX_SEED:
-        raise UserError(f"--seed must be between 0 and {MAX_SEED}, got {settings['seed']}")
+def checkpoint_record(checkpoint: Mapping[str, Any]) -> dict[str, Any]:
+    """The settings a checkpoint holds, whichever way in saved it (only those it holds).
+
+    train.py's checkpoints hold the run options under ``RUN_KEY``; LightningCLI's and a plain
+    ``Trainer``'s hold only the model's and the DataModule's hyperparameters; earlier releases
+    held everything under ``EARLIER_KEY``.
+    """
+    record: dict[str, Any] = dict(checkpoint.get(EARLIER_KEY) or {})
+    record.update(checkpoint.get(RUN_KEY) or {})
+    record.update({k: v for k, v in (checkpoint.get("hyper_parameters") or {}).items() if k in MODEL_KEYS})
+    record.update({k: v for k, v in (checkpoint.get("datamodule_hyper_parameters") or {}).items() if k in DATA_KEYS})
+    return {key: value for key, value in record.items() if key in SETTINGS}
 
 
-def check_hardware(settings: Mapping[str, Any]) -> None:
-    """Fail early, in one line, on hardware requests this machine cannot meet."""
-    accelerator, precision = settings["accelerator"], settings["precision"]
-    if accelerator in ("gpu", "cuda") and not torch.cuda.is_available():
-        raise UserError("--accelerator gpu: PyTorch sees no CUDA GPU here; use --accelerator cpu (or auto)")
-    uses_cpu = accelerator == "cpu" or (accelerator == "auto" and not torch.cuda.is_available())
-    check_precision(precision, uses_cpu)
-    devices = str(settings["devices"])
-    if uses_cpu and devices != "auto" and not (devices.isdigit() and int(devices) > 0):
-        raise UserError(f"--devices {devices}: on CPU pass a number of processes (1 or more) or auto")
-    if uses_cpu and accelerator == "auto" and devices != "auto" and int(devices) > 1:
-        raise UserError(
-            f"--devices {devices}: PyTorch sees no CUDA GPU here; to train with {devices} CPU processes (DDP) pass "
-            f"--accelerator cpu --devices {devices}, else leave --devices out"
-        )
-    if not uses_cpu and accelerator != "mps" and devices.isdigit() and int(devices) > torch.cuda.device_count():
-        raise UserError(
-            f"--devices {devices}: only {torch.cuda.device_count()} GPU(s) here; pass --devices "
-            f"{max(1, torch.cuda.device_count())} or fewer"
-        )
-
-
-def check_precision(precision: str, uses_cpu: bool) -> None:
-    """Refuse precisions this project or this machine cannot train with, naming what to use."""
-    if precision.startswith("transformer-engine"):
-        raise UserError(
-            f"--precision {precision} is for NVIDIA Transformer Engine layers, which LeNet-5 has none of: "
-            "use bf16-mixed (or 16-mixed)"
-        )
-    if precision not in PRECISIONS:
-        raise UserError(f"unknown --precision {precision}: use one of {', '.join(PRECISIONS)}")
-    if uses_cpu and precision.startswith("16"):
-        raise UserError(f"--precision {precision} needs a GPU; on CPU use --precision bf16-mixed, bf16-true or 32-true")
-    if not uses_cpu and precision.startswith("bf16") and not torch.cuda.is_bf16_supported():
-        raise UserError(f"--precision {precision}: this GPU has no bfloat16 support; use --precision 16-mixed")
+def checkpoint_settings(checkpoint: Mapping[str, Any]) -> dict[str, Any]:
+    """Every setting of the run a checkpoint comes from (those it does not hold take their defaults)."""
+    return resolve_settings({}, saved=checkpoint_record(checkpoint))
 
 
 def flag(key: str) -> str:
@@ -263,18 +303,28 @@ def flag(key: str) -> str:
 
 
 def load_config(path: Path) -> dict[str, Any]:
-    """Read a YAML file of settings (a run's ``config.yaml``), refusing keys no run knows."""
+    """Read a YAML file of settings (a run's ``config.yaml``), refusing what no run can use in one line.
+
+    Checks the file (readable, UTF-8, YAML, a mapping of known keys); the values are
+    checked by the classes that take them (:func:`validate_settings`).
+    """
     try:
-        loaded = yaml.safe_load(path.read_text())
+        text = path.read_bytes().decode("utf-8")
+        loaded = yaml.safe_load(text)
     except OSError as error:
         raise UserError(f"cannot read --config '{path}' ({error.strerror}): pass a run's config.yaml") from None
+    except UnicodeDecodeError as error:
+        raise UserError(
+            f"--config '{path}' is not UTF-8 text (byte {error.start}): save it as UTF-8 or regenerate it "
+            "with train.py --print-config"
+        ) from None
     except yaml.YAMLError as error:
         raise UserError(
             f"--config '{path}' is not valid YAML ({str(error).splitlines()[0]}): fix or regenerate it"
         ) from None
     if not isinstance(loaded, dict):
         raise UserError(f"--config '{path}' holds no settings: pass a run's config.yaml (key: value per line)")
-    unknown = sorted(set(loaded) - set(RUN_SETTINGS))
+    unknown = sorted(str(key) for key in set(loaded) - set(SETTINGS))
     if unknown:
         raise UserError(
             f"--config '{path}' has unknown settings {unknown}: remove them (known: see train.py --print-config)"
@@ -283,5 +333,26 @@ def load_config(path: Path) -> dict[str, Any]:
 
 
 def dump_config(settings: Mapping[str, Any]) -> str:
-    """The settings as YAML, in ``RUN_SETTINGS`` order (what ``--config`` reads back)."""
-    return yaml.safe_dump({key: settings[key] for key in RUN_SETTINGS}, sort_keys=False)
+    """The settings as plain YAML, in ``SETTINGS`` order (what ``--config`` and ``yaml.safe_load`` read back)."""
+    return yaml.safe_dump({key: plain(settings[key]) for key in SETTINGS}, sort_keys=False)
+
+
+def plain(value: Any) -> Any:
+    """A value as plain YAML/JSON data (paths as strings, tuples as lists)."""
+    if isinstance(value, Path):
+        return str(value)
+    if isinstance(value, (tuple, list)):
+        return [plain(item) for item in value]
+    return value
+
+
+def annotation_choices(annotation: Any) -> tuple[str, ...] | None:
+    """The values of a ``Literal[...]`` annotation, else ``None``."""
+    return get_args(annotation) if get_origin(annotation) is Literal else None
+
+
+def annotation_types(annotation: Any) -> tuple[Any, ...]:
+    """The members of a union annotation (``int | float`` -> ``(int, float)``), ``None`` left out."""
+    if get_origin(annotation) in (typing.Union, types.UnionType):
+        return tuple(member for member in get_args(annotation) if member is not type(None))
+    return (annotation,)

@@ -203,9 +203,11 @@ def test_every_loader_yields_float_images_and_int64_labels(cifar_archive):
     for name in ("train", "val", "test", "predict"):
         loader = getattr(dm, f"{name}_dataloader")()
         size = 32 if name == "train" else 48  # evaluation has its own batch size
-        images, labels = next(iter(loader))  # exactly two tensors, in every stage
+        batch = next(iter(loader))
+        # Exactly two tensors in every stage but predict, whose batches are the images alone.
+        images, labels = (batch, None) if name == "predict" else batch
         assert images.dtype == torch.float32 and images.shape == (size, 3, 32, 32), name
-        assert labels.dtype == torch.int64 and labels.shape == (size,), name
+        assert labels is None or (labels.dtype == torch.int64 and labels.shape == (size,)), name
         assert loader.batch_size == size and len(loader) > 0
 
 
@@ -249,6 +251,14 @@ def test_own_augmentation_runs_on_training_batches_only_with_the_batch_generator
     assert torch.equal(first, next(iter(dm.train_dataloader()))[0])  # seeded per batch: reproducible
     next(iter(dm.val_dataloader()))
     assert len(calls) == 2  # the two training batches above; validation is never augmented
+
+
+def test_a_training_loader_iterated_again_without_set_epoch_reshuffles_and_reaugments(cifar_archive):
+    loader = make_dm_loaded(cifar_archive).train_dataloader()
+    first, second = (torch.cat([images for images, _ in loader]) for _ in range(2))
+    assert first.shape == second.shape and not torch.equal(first, second)
+    loader.sampler.set_epoch(0)  # what Lightning and DDP loops call: the same epoch gives the same batches
+    assert torch.equal(torch.cat([images for images, _ in loader]), first)
 
 
 def make_dm_loaded(data_dir: Path, **kwargs) -> CIFAR10DataModule:

@@ -181,7 +181,7 @@ def test_an_image_folder_without_test_folder_stops_fit_setup(tmp_path):
 
 
 def test_val_size_0_is_refused_with_the_fix(archive):
-    with pytest.raises(UserError, match=r"--val-size must be at least 1, got 0: the best checkpoint is chosen by"):
+    with pytest.raises(UserError, match=r"^val_size must be at least 1, got 0$"):
         CIFAR10DataModule(str(archive), val_size=0)
 
 

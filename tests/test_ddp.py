@@ -65,6 +65,6 @@ def test_ddp_on_two_cpu_processes_tests_exactly_like_one_process(cifar_archive, 
 
     best = next((run_dir / "checkpoints").glob("best-*.ckpt"))
     assert run(["--evaluate", "--ckpt-path", str(best)]) == 0
-    evaluated = run_dir / f"eval_{best.stem}_{Path(cifar_archive).name}_metrics.json"
+    [evaluated] = run_dir.glob(f"eval_{best.stem}_{Path(cifar_archive).name}_*_metrics.json")
     assert json.loads(evaluated.read_text()) == ddp_metrics
     assert "overall" in capsys.readouterr().out

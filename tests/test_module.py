@@ -8,7 +8,7 @@ from torch import Tensor, nn
 from torch.utils.data import DataLoader, TensorDataset
 
 from lenet_lightning import CIFAR10_CLASSES, LeNetClassifier
-from lenet_lightning.errors import UserError
+from lenet_lightning.errors import SettingError
 from lenet_lightning.module import warmup_cosine
 from lenet_lightning.reporting import format_table, metrics_from_confusion, write_json
 
@@ -99,16 +99,23 @@ def test_metrics_of_stages_are_separate_instances():
 @pytest.mark.parametrize(
     ("kwargs", "message"),
     [
-        ({"lr": -0.1}, "learning rate"),
-        ({"optimizer": "lbfgs"}, "unknown optimizer"),
-        ({"scheduler": "step"}, "unknown scheduler"),
-        ({"momentum": 1.5}, "momentum"),
-        ({"label_smoothing": 1.0}, "label smoothing"),
+        ({"lr": -0.1}, "lr must be above 0, got -0.1"),
+        ({"lr": "0.1"}, "lr must be a number, got '0.1'"),
+        ({"lr": float("nan")}, "lr must be a finite number, got nan"),
+        ({"optimizer": "lbfgs"}, "optimizer must be one of sgd, adamw, got 'lbfgs'"),
+        ({"scheduler": "step"}, "scheduler must be one of onecycle, cosine, none, got 'step'"),
+        ({"momentum": 1.5}, "momentum must be below 1, got 1.5"),
+        ({"label_smoothing": 1.0}, "label_smoothing must be below 1, got 1.0"),
+        ({"weight_decay": float("inf")}, "weight_decay must be a finite number, got inf"),
+        ({"nesterov": "yes"}, "nesterov must be true or false, got 'yes'"),
+        ({"class_names": "cat"}, "class_names must be a list of non-empty names, got 'cat'"),
     ],
 )
-def test_bad_recipe_values_are_refused(kwargs, message):
-    with pytest.raises(UserError, match=message):
+def test_bad_arguments_are_refused_with_a_value_error_naming_the_parameter(kwargs, message):
+    with pytest.raises(SettingError) as refused:
         LeNetClassifier(**kwargs)
+    assert isinstance(refused.value, ValueError)
+    assert str(refused.value) == message and refused.value.parameter == next(iter(kwargs))
 
 
 def test_warmup_cosine_shape():

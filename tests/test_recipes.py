@@ -15,7 +15,7 @@ from lenet_lightning import CIFAR10_CLASSES, LeNetClassifier, experiment
 from lenet_lightning.batches import augment
 from lenet_lightning.cli import main
 from lenet_lightning.module import build_optimizer
-from lenet_lightning.settings import RECIPES, resolve_settings
+from lenet_lightning.settings import RECIPES, SETTINGS, recipe_settings, resolve_settings
 from tests.conftest import last_checkpoints, write_cifar_archive
 from tests.test_module import LogitsFromImage
 
@@ -56,12 +56,14 @@ def test_reflect_padding_shifts_in_the_mirrored_edge():
         assert any(torch.equal(crop, result) for crop in crops), index
 
 
-def test_every_recipe_sets_every_recipe_key_and_fast_resolves():
-    assert all(set(recipe) == set(RECIPES["default"]) for recipe in RECIPES.values())
-    tutorial = RECIPES["tutorial"]
+def test_recipes_are_differences_from_the_constructors_defaults():
+    assert RECIPES["default"] == {} and set().union(*RECIPES.values()) <= set(SETTINGS)
+    tutorial = recipe_settings("tutorial")
+    values = ("batch_size", "lr", "momentum", "max_epochs", "normalization", "scheduler", "nesterov", "weight_decay")
+    assert [tutorial[key] for key in values] == [4, 0.001, 0.9, 5, "half", "none", False, 0.0]
     assert (tutorial["init"], tutorial["ema_decay"], tutorial["decay_biases"]) == ("default", 0.0, True)
     fast = resolve_settings({"recipe": "fast", "lr": 0.2})
-    assert fast["lr"] == 0.2 and fast["init"] == RECIPES["fast"]["init"] and not fast["tta"]
+    assert fast["lr"] == 0.2 and fast["max_epochs"] == 4 and fast["recipe"] == "fast" and not fast["tta"]
 
 
 def mirrored_votes(plain: torch.Tensor, mirrored: torch.Tensor) -> torch.Tensor:

@@ -32,22 +32,20 @@ class ResNetClassifier(L.LightningModule):
         images, labels = batch
         return F.cross_entropy(self(images), labels)
 
-    def predict_step(self, batch: tuple[Tensor, Tensor], batch_idx: int) -> Tensor:
-        images, _ = batch
-        return self(images).softmax(dim=1)
-
     def configure_optimizers(self) -> torch.optim.Optimizer:
         return torch.optim.SGD(self.parameters(), lr=0.01)
 
 
-def test_own_lightning_module_with_a_resnet_trains_and_predicts(cifar_archive):
+def test_own_lightning_module_with_a_resnet_trains_and_predicts_with_only_forward(cifar_archive):
     dm = CIFAR10DataModule(str(cifar_archive), batch_size=16, eval_batch_size=16, val_size=100)
     trainer = L.Trainer(max_epochs=1, limit_train_batches=2, limit_predict_batches=2, **QUIET)
-    trainer.fit(ResNetClassifier(), datamodule=dm)
+    model = ResNetClassifier()
+    trainer.fit(model, datamodule=dm)
     assert trainer.global_step == 2
-    probabilities = trainer.predict(ResNetClassifier(), datamodule=dm)
-    assert probabilities is not None and len(probabilities) == 2
-    assert probabilities[0].shape == (16, 10) and torch.allclose(probabilities[0].sum(dim=1), torch.ones(16))
+    # No predict_step: Lightning's default calls forward on each batch, which is the images alone.
+    logits = trainer.predict(model, datamodule=dm)
+    assert logits is not None and len(logits) == 2 and logits[0].shape == (16, 10)
+    assert torch.equal(logits[0], model.eval()(next(iter(dm.predict_dataloader()))))
 
 
 def test_a_loader_passed_to_a_trainer_without_the_datamodule_just_works(cifar_archive):

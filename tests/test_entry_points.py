@@ -1,0 +1,97 @@
+"""Checkpoints saved by every way in (train.py, LightningCLI, a plain Trainer) evaluate and resume with train.py."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import lightning as L
+import pytest
+import yaml
+from lightning.pytorch.callbacks import ModelCheckpoint
+
+from lenet_lightning import CIFAR10DataModule, LeNetClassifier
+from lenet_lightning.cli import main, run
+from lenet_lightning.lightning_cli import main as lightning_cli
+from tests.conftest import error_line
+
+
+@pytest.fixture(scope="module")
+def foreign_checkpoints(cifar_archive: Path, tmp_path_factory: pytest.TempPathFactory) -> dict[str, Path]:
+    """Two epochs of 4 steps saved by a plain Trainer (its first epoch's checkpoint) and by LightningCLI (its last)."""
+    root = tmp_path_factory.mktemp("foreign")
+    every_epoch = ModelCheckpoint(save_top_k=-1)
+    trainer = L.Trainer(max_epochs=2, limit_train_batches=4, default_root_dir=root / "plain", callbacks=[every_epoch])
+    data = CIFAR10DataModule(str(cifar_archive), batch_size=32, val_size=100)
+    trainer.fit(LeNetClassifier(lr=0.02), datamodule=data)
+    cli = lightning_cli(
+        [
+            *("fit", "--data.data_dir", str(cifar_archive), "--data.batch_size", "32", "--data.val_size", "100"),
+            *("--trainer.max_epochs", "2", "--trainer.limit_train_batches", "4", "--model.lr", "0.02"),
+            *("--trainer.default_root_dir", str(root / "cli"), "--trainer.enable_progress_bar", "false"),
+        ]
+    )
+    cli_checkpoint = cli.trainer.checkpoint_callback
+    assert isinstance(cli_checkpoint, ModelCheckpoint)
+    first_epoch = next(Path(every_epoch.dirpath or "").glob("epoch=0-*.ckpt"))
+    return {"plain": first_epoch, "cli": Path(cli_checkpoint.best_model_path)}
+
+
+@pytest.mark.parametrize("saved_by", ["plain", "cli"])
+def test_evaluate_takes_the_settings_from_a_checkpoint_saved_by(saved_by, foreign_checkpoints, capsys):
+    checkpoint = foreign_checkpoints[saved_by]
+    metrics = main(["--evaluate", "--ckpt-path", str(checkpoint), "--accelerator", "cpu"])
+    assert 0.0 <= metrics["test/acc"] <= 1.0
+    assert "overall" in capsys.readouterr().out
+    [result] = checkpoint.parent.parent.glob(f"eval_{checkpoint.stem}_*_metrics.json")
+    assert json.loads(result.read_text())["test/acc"] == pytest.approx(metrics["test/acc"])
+
+
+@pytest.mark.parametrize("saved_by", ["plain", "cli"])
+def test_resuming_a_checkpoint_saved_by_another_entry_point_continues_in_a_new_run_folder(
+    saved_by, foreign_checkpoints, tmp_path, capsys
+):
+    checkpoint = foreign_checkpoints[saved_by]
+    before = sorted(p.name for p in checkpoint.parent.parent.rglob("*"))
+    argv = ["--ckpt-path", str(checkpoint), "--max-epochs", "2", "--log-dir", str(tmp_path), "--accelerator", "cpu"]
+    metrics = main(argv)
+    run_dir = tmp_path / "lenet" / "version_0"
+    config = yaml.safe_load((run_dir / "config.yaml").read_text())
+    # The checkpoint's own settings (its lr, its data), the run options given now.
+    assert (config["lr"], config["batch_size"], config["val_size"], config["max_epochs"]) == (0.02, 32, 100, 2)
+    assert json.loads((run_dir / "test_metrics.json").read_text()) == pytest.approx(metrics)
+    # The other tool's run folder is left exactly as it was.
+    assert sorted(p.name for p in checkpoint.parent.parent.rglob("*")) == before
+    capsys.readouterr()
+
+
+def test_resuming_with_another_schedule_length_is_refused_in_one_line(foreign_checkpoints, tmp_path, capsys):
+    argv = ["--ckpt-path", str(foreign_checkpoints["plain"]), "--max-epochs", "3", "--log-dir", str(tmp_path)]
+    assert run([*argv, "--accelerator", "cpu"]) == 2
+    assert error_line(capsys) == (
+        "error: --max-epochs must be 2 to continue this checkpoint's learning-rate schedule (32 steps, 16 per epoch), "
+        "got 3"
+    )
+
+
+def test_a_finished_run_is_not_resumed_and_last_skips_it(small_checkpoint, tmp_path, capsys):
+    run_dir = small_checkpoint.parent.parent
+    results = (run_dir / "test_metrics.json").read_text()
+    assert run(["--ckpt-path", str(run_dir / "checkpoints" / "last.ckpt")]) == 2
+    line = error_line(capsys)
+    assert "has finished (its results are in test_metrics.json), so resuming it would rewrite them" in line
+    assert "--evaluate --ckpt-path" in line and (run_dir / "test_metrics.json").read_text() == results
+    log_dir = run_dir.parent.parent
+    assert run(["--ckpt-path", "last", "--log-dir", str(log_dir)]) == 2
+    assert "every run under" in error_line(capsys)
+
+
+def test_run_folders_are_exactly_version_and_digits(small_checkpoint, tmp_path, capsys):
+    from lenet_lightning.runs import find_last_checkpoint, next_version
+
+    experiment = tmp_path / "lenet"
+    for name in ("version_1_0", "version_0.bak", "version_²", "version_3"):
+        (experiment / name / "checkpoints").mkdir(parents=True)
+        (experiment / name / "checkpoints" / "last.ckpt").write_bytes(small_checkpoint.read_bytes())
+    assert next_version(experiment) == 4
+    assert find_last_checkpoint(tmp_path, "lenet").parent.parent.name == "version_3"
