@@ -139,7 +139,7 @@ def main(argv: Sequence[str] | None = None) -> dict[str, Any]:
     """Run the command line; returns the test metrics (train, evaluate), the predictions or the settings."""
     args = build_parser().parse_args(argv)
     check_modes(args)
-    with experiment.quiet_console():
+    with experiment.quiet_console(), experiment.process_state_restored():
         if args.predict:
             return {"predictions": predict(args)}
         if args.export:

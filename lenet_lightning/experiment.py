@@ -11,6 +11,7 @@ import contextlib
 import hashlib
 import logging
 import os
+import random
 import shutil
 import warnings
 from collections.abc import Iterator, Mapping, Sequence
@@ -18,6 +19,7 @@ from pathlib import Path
 from typing import Any
 
 import lightning as L
+import numpy as np
 import torch
 from lightning.fabric.utilities.exceptions import MisconfigurationException
 from lightning.pytorch.callbacks import Callback, ModelCheckpoint, TQDMProgressBar
@@ -88,20 +90,42 @@ def quiet_console() -> Iterator[None]:
                 logging.getLogger(name).setLevel(level)
 
 
-@contextlib.contextmanager
-def uninitialized_memory_left_unfilled() -> Iterator[None]:
-    """``deterministic=True`` also fills every new tensor with NaN, to expose reads of uninitialised memory.
+# What Lightning's seed_everything, Trainer(deterministic=True) and a run's DDP launch set in the environment.
+RESTORED_ENV = ("PL_GLOBAL_SEED", "PL_SEED_WORKERS", "CUBLAS_WORKSPACE_CONFIG", RUN_DIR_ENV)
 
-    Nothing here reads any, and the fills cost ~0.5 ms a step; the process-wide switch is
-    restored when the run ends.
+
+@contextlib.contextmanager
+def process_state_restored() -> Iterator[None]:
+    """Put back what a run changes process-wide: the global RNGs, deterministic mode, environment variables.
+
+    The processes a DDP run launches inherit them while it runs; a notebook or a test that
+    trains twice finds the process as it was. Inside, ``fill_uninitialized_memory`` is off:
+    ``deterministic=True`` would fill every new tensor with NaN to expose reads of
+    uninitialised memory, nothing here reads any, and the fills cost ~0.5 ms a step.
     """
+    env = {key: os.environ.get(key) for key in RESTORED_ENV}
+    rngs = (random.getstate(), np.random.get_state(), torch.random.get_rng_state())
+    cuda_rngs = torch.cuda.get_rng_state_all() if torch.cuda.is_available() else None
+    deterministic = torch.are_deterministic_algorithms_enabled()
+    warn_only = torch.is_deterministic_algorithms_warn_only_enabled()
     switch: Any = torch.utils.deterministic
-    before = switch.fill_uninitialized_memory
+    fill = switch.fill_uninitialized_memory
     switch.fill_uninitialized_memory = False
     try:
         yield
     finally:
-        switch.fill_uninitialized_memory = before
+        switch.fill_uninitialized_memory = fill
+        torch.use_deterministic_algorithms(deterministic, warn_only=warn_only)
+        random.setstate(rngs[0])
+        np.random.set_state(rngs[1])
+        torch.random.set_rng_state(rngs[2])
+        if cuda_rngs is not None:
+            torch.cuda.set_rng_state_all(cuda_rngs)
+        for key, value in env.items():
+            if value is None:
+                os.environ.pop(key, None)
+            else:
+                os.environ[key] = value
 
 
 # --- train --------------------------------------------------------------------------
@@ -122,15 +146,8 @@ def train(
     settings = {key: settings[key] for key in SETTINGS}
     options = run_options(settings)
     check_hardware(settings)
-    run_dir_before = os.environ.get(RUN_DIR_ENV)
-    try:
-        with uninitialized_memory_left_unfilled():
-            return _train(settings, options, resume_from, fast_dev_run, callbacks)
-    finally:
-        if launch_rank() == 0:  # the DDP processes it launched have inherited it by now
-            os.environ.pop(RUN_DIR_ENV, None)
-            if run_dir_before is not None:
-                os.environ[RUN_DIR_ENV] = run_dir_before
+    with process_state_restored():
+        return _train(settings, options, resume_from, fast_dev_run, callbacks)
 
 
 def _train(

@@ -130,15 +130,35 @@ def test_classes_called_from_python_raise_value_errors_named_by_their_parameter(
         RunOptions(max_epochs=0)
 
 
-def test_main_leaves_logging_and_warning_filters_as_it_found_them(tmp_path, capsys):
+def test_a_run_leaves_the_process_as_it_found_it(cifar_archive, tmp_path, capsys):
     import logging
+    import os
     import warnings
 
+    import torch
+
     logger = logging.getLogger("lightning.pytorch.utilities.rank_zero")
-    level, filters = logger.level, list(warnings.filters)
-    main(["--print-config", "--log-dir", str(tmp_path)])
+    switch = torch.utils.deterministic
+    before = (
+        logger.level,
+        list(warnings.filters),
+        torch.are_deterministic_algorithms_enabled(),
+        switch.fill_uninitialized_memory,
+        {key: os.environ.get(key) for key in ("PL_GLOBAL_SEED", "CUBLAS_WORKSPACE_CONFIG", "LENET_LIGHTNING_RUN_DIR")},
+        torch.random.get_rng_state(),
+    )
+    flags = ["--data-dir", str(cifar_archive), "--log-dir", str(tmp_path), "--val-size", "100", "--accelerator", "cpu"]
+    main([*flags, "--max-epochs", "1", "--batch-size", "100", "--seed", "5"])
     capsys.readouterr()
-    assert (logger.level, warnings.filters) == (level, filters)
+    after = (
+        logger.level,
+        list(warnings.filters),
+        torch.are_deterministic_algorithms_enabled(),
+        switch.fill_uninitialized_memory,
+        {key: os.environ.get(key) for key in before[4]},
+        torch.random.get_rng_state(),
+    )
+    assert after[:5] == before[:5] and torch.equal(after[5], before[5])
 
 
 def test_the_installed_command_names_itself_and_the_version_is_the_packages(tmp_path):
@@ -157,3 +177,18 @@ def test_the_installed_command_names_itself_and_the_version_is_the_packages(tmp_
 def _print_config(capsys: pytest.CaptureFixture[str], *flags: str) -> str:
     main(["--print-config", *flags])
     return capsys.readouterr().out
+
+
+def test_lightning_cli_prints_the_same_settings_as_train_py(tmp_path, capsys):
+    from lenet_lightning.lightning_cli import main as lightning_cli
+
+    ours = yaml.safe_load(_print_config(capsys, "--log-dir", str(tmp_path)))
+    with pytest.raises(SystemExit) as exited:
+        lightning_cli(["fit", "--print_config"])
+    assert exited.value.code == 0
+    theirs = yaml.safe_load(capsys.readouterr().out)
+    sections = {**theirs["model"], **theirs["data"], **theirs["trainer"]}
+    shared = [key for key in ours if key in sections]
+    assert {key: sections[key] for key in shared} == {key: ours[key] for key in shared}
+    assert {"lr", "batch_size", "val_size", "max_epochs", "precision", "deterministic"} <= set(shared)
+    assert theirs["seed_everything"] == ours["seed"]
