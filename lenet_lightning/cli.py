@@ -15,12 +15,13 @@ from typing import Any
 
 from lenet_lightning import experiment
 from lenet_lightning.batches import PAD_MODES
+from lenet_lightning.checkpoints import load_checkpoint
 from lenet_lightning.cifar10 import NORMALIZATIONS
 from lenet_lightning.errors import PreemptedError, UserError
 from lenet_lightning.export import export_bundle, summary_text
 from lenet_lightning.module import INITS, OPTIMIZERS, SCHEDULERS
 from lenet_lightning.predict import predict_paths
-from lenet_lightning.runs import SETTINGS_KEY, find_last_checkpoint, load_checkpoint
+from lenet_lightning.runs import SETTINGS_KEY, find_last_checkpoint
 from lenet_lightning.settings import (
     DEFAULTS,
     PRECISIONS,

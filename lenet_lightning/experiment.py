@@ -26,6 +26,7 @@ from lightning.pytorch.utilities.exceptions import SIGTERMException
 from typing_extensions import override
 
 from lenet_lightning.callbacks import AveragedWeights, FiniteLossGuard, StderrProgressBar
+from lenet_lightning.checkpoints import load_checkpoint
 from lenet_lightning.data import CIFAR10DataModule
 from lenet_lightning.errors import PreemptedError, UserError
 from lenet_lightning.module import LeNetClassifier
@@ -39,7 +40,6 @@ from lenet_lightning.runs import (
     RunCheckpoint,
     SaveSettings,
     claim_run_dir,
-    load_checkpoint,
     run_dir_of,
 )
 from lenet_lightning.settings import DATA_KEYS, MODEL_KEYS, RUN_SETTINGS, check_hardware, check_numbers, dump_config

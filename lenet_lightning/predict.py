@@ -1,7 +1,7 @@
 """Classify image files and folders of any size with a trained checkpoint, in batches.
 
 Prediction runs the same uint8-in, probabilities-out model that ``--export`` ships
-(:class:`~lenet_lightning.export.ImageClassifier`), so it needs no Lightning and
+(:class:`~lenet_lightning.inference.ImageClassifier`), so it needs no Lightning and
 gives what the exported bundle gives.
 """
 
@@ -21,10 +21,10 @@ from typing import Any
 import torch
 from torch import nn
 
+from lenet_lightning.checkpoints import load_checkpoint
 from lenet_lightning.cifar10 import IMAGE_SUFFIXES
 from lenet_lightning.errors import UserError
-from lenet_lightning.export import classifier_from_checkpoint
-from lenet_lightning.runs import load_checkpoint
+from lenet_lightning.inference import classifier_from_checkpoint
 from lenet_lightning.sources import read_image
 
 OUTPUT_FIELDS = ("file", "class", "probability", "top3", "error")

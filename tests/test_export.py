@@ -13,10 +13,11 @@ import torch
 from PIL import Image
 
 from lenet_lightning import CIFAR10_CLASSES, export
+from lenet_lightning.checkpoints import load_checkpoint
 from lenet_lightning.cli import main, run
 from lenet_lightning.errors import UserError
-from lenet_lightning.export import BUNDLE_FILES, classifier_from_checkpoint, export_bundle
-from lenet_lightning.runs import load_checkpoint
+from lenet_lightning.export import BUNDLE_FILES, export_bundle
+from lenet_lightning.inference import classifier_from_checkpoint
 from tests.conftest import synthetic_images
 
 # Without the export extra (pip install -e ".[export]") there is nothing to test here.

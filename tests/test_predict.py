@@ -1,7 +1,9 @@
-"""``--predict`` on folders: recursion, batches, unreadable files, CSV and JSON results, throughput."""
+"""``--predict`` on folders: recursion, batches, unreadable files, CSV and JSON results, throughput, no Lightning."""
 
 import csv
 import json
+import subprocess
+import sys
 from pathlib import Path
 
 import pytest
@@ -9,11 +11,11 @@ import torch
 from PIL import Image
 
 from lenet_lightning import CIFAR10_CLASSES
+from lenet_lightning.checkpoints import load_checkpoint
 from lenet_lightning.cli import main, run
-from lenet_lightning.export import classifier_from_checkpoint
+from lenet_lightning.inference import classifier_from_checkpoint
 from lenet_lightning.predict import OUTPUT_FIELDS, image_files, predict_files, predict_paths
-from lenet_lightning.runs import load_checkpoint
-from tests.conftest import synthetic_images
+from tests.conftest import ROOT, synthetic_images
 
 
 @pytest.fixture(scope="session")
@@ -119,3 +121,13 @@ def test_a_checkpoint_without_class_names_predicts_cifar10_names(small_checkpoin
     Image.fromarray(synthetic_images(1, seed=5)[0][3].transpose(1, 2, 0)).save(image)
     [result] = predict_paths(tmp_path / "older.ckpt", [image])
     assert result["class"] in CIFAR10_CLASSES
+
+
+def test_prediction_and_inference_import_neither_lightning_nor_torchmetrics():
+    code = (
+        "import sys, lenet_lightning.predict, lenet_lightning.inference, lenet_lightning.checkpoints\n"
+        "heavy = {'lightning', 'pytorch_lightning', 'torchmetrics'}\n"
+        "print(sorted(m for m in sys.modules if m.split('.')[0] in heavy or m == 'lenet_lightning.settings'))\n"
+    )
+    done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, cwd=ROOT, check=True)
+    assert done.stdout.strip() == "[]"

@@ -1,0 +1,105 @@
+"""Reading checkpoints safely, without Lightning: only tensors and plain data, every weight checked.
+
+Prediction and export load checkpoints through :func:`load_checkpoint` and never
+import Lightning. Checkpoints of other writers (a plain ``lightning.Trainer``,
+``LightningCLI``) load too: only the network's weights and class count matter.
+"""
+
+from __future__ import annotations
+
+import pickle
+import re
+from collections.abc import Mapping
+from pathlib import Path
+from typing import Any
+
+import torch
+from torch import Tensor
+
+from lenet_lightning.cifar10 import CLASSES
+from lenet_lightning.errors import UserError
+from lenet_lightning.model import LeNet5
+
+SETTINGS_KEY = "lenet_lightning_settings"
+NET_PREFIX = "net."
+OTHER_CHECKPOINT = "use another checkpoint of the run (e.g. last.ckpt or best-*.ckpt)"
+
+
+def load_checkpoint(path: Path) -> dict[str, Any]:
+    """Load a checkpoint with ``weights_only=True`` and check it; raise a one-line :class:`UserError` if unusable.
+
+    A checkpoint that carries any other pickled object (which could run code) is
+    refused before anything in it is executed. Then every weight of the model it
+    describes must be there with its shape.
+    """
+    if path.is_dir():
+        raise UserError(f"--ckpt-path '{path}' is a folder: pass a .ckpt file from a run's checkpoints/ folder")
+    if not path.is_file():
+        raise UserError(f"checkpoint '{path}' does not exist: pass the path of a .ckpt file from a run's checkpoints/")
+    try:
+        checkpoint = torch.load(path, map_location="cpu", weights_only=True)
+    except pickle.UnpicklingError as error:
+        # PyTorch's message suggests loading with weights_only=False: exactly what must not happen.
+        if "Weights only load failed" in str(error):
+            unsafe = re.search(r"Unsupported global: GLOBAL (\S+)", str(error))
+            raise UserError(
+                f"refused to load '{path}': it holds Python objects beyond tensors and plain data "
+                f"({unsafe.group(1) if unsafe else 'unsupported content'}), which could run code; "
+                "use a checkpoint written by train.py"
+            ) from None
+        raise UserError(f"'{path}' is not a readable checkpoint: pass a .ckpt written by train.py") from None
+    except Exception as error:  # a damaged or foreign file: RuntimeError, EOFError, KeyError, ...
+        reason = str(error).split(". ")[0] if isinstance(error, (RuntimeError, OSError)) else "not a PyTorch file"
+        raise UserError(f"'{path}' is not a readable checkpoint ({reason}): pass a .ckpt written by train.py") from None
+    if (
+        not isinstance(checkpoint, dict)
+        or not isinstance(checkpoint.get("state_dict"), dict)
+        or not isinstance(checkpoint.get("hyper_parameters"), dict)
+    ):
+        raise UserError(f"'{path}' is not a lenet-lightning checkpoint: pass a .ckpt written by train.py")
+    if not any(key.startswith(NET_PREFIX) for key in checkpoint["state_dict"]):
+        raise UserError(f"'{path}' is a checkpoint of another model: pass a .ckpt written by train.py")
+    check_weights(path, checkpoint)
+    return checkpoint
+
+
+def checkpoint_num_classes(path: Path, hyper_parameters: Mapping[str, Any]) -> int:
+    """How many classes the checkpoint's model has: its class names', else ``num_classes``, else CIFAR-10's."""
+    class_names, num_classes = hyper_parameters.get("class_names"), hyper_parameters.get("num_classes")
+    if class_names:
+        if not isinstance(class_names, (list, tuple)) or not all(isinstance(n, str) for n in class_names):
+            raise UserError(
+                f"'{path}' holds class names that are not a list of names ({class_names!r}): {OTHER_CHECKPOINT}"
+            )
+        return len(class_names)
+    if num_classes is None:
+        return len(CLASSES)
+    if not isinstance(num_classes, int) or isinstance(num_classes, bool) or num_classes < 1:
+        raise UserError(f"'{path}' holds num_classes {num_classes!r}, not a number of classes: {OTHER_CHECKPOINT}")
+    return num_classes
+
+
+def check_weights(path: Path, checkpoint: Mapping[str, Any]) -> None:
+    """Every weight of the LeNet-5 the checkpoint describes is there, with its shape (else one line).
+
+    Compared with a plain :class:`LeNet5` of the checkpoint's number of classes, so any
+    writer's checkpoint of this network passes, whatever else its hyper-parameters hold.
+    """
+    num_classes = checkpoint_num_classes(path, checkpoint["hyper_parameters"])
+    with torch.device("meta"):  # shapes only: no memory, no initialisation, no random numbers drawn
+        net = LeNet5(num_classes)
+    expected = {NET_PREFIX + key: tuple(value.shape) for key, value in net.state_dict().items()}
+    found = checkpoint["state_dict"]
+    missing = sorted(set(expected) - set(found))
+    wrong = [k for k in expected if k in found and shape_of(found[k]) != expected[k]]
+    if missing or wrong:
+        problem = f"missing {missing[:3]}" if missing else f"{wrong[0]} has shape {shape_of(found[wrong[0]])}"
+        raise UserError(
+            f"'{path}' does not match the model it describes ({problem}, expected "
+            f"{expected[wrong[0]] if wrong and not missing else 'all weights'}): "
+            f"it is damaged or was edited; {OTHER_CHECKPOINT}"
+        )
+
+
+def shape_of(value: Any) -> tuple[int, ...] | None:
+    return tuple(value.shape) if isinstance(value, Tensor) else None
