@@ -1,12 +1,15 @@
 """Reading checkpoints safely, without Lightning: only tensors and plain data, every weight checked.
 
 Prediction and export load checkpoints through :func:`load_checkpoint` and never
-import Lightning. Checkpoints of other writers (a plain ``lightning.Trainer``,
-``LightningCLI``) load too: only the network's weights and class count matter.
+import Lightning. The checkpoints this project writes carry a digest of their
+weights (:func:`state_digest`, saved by :class:`~lenet_lightning.runs.AtomicCheckpointIO`);
+checkpoints of other writers (a plain ``lightning.Trainer``, ``LightningCLI``,
+earlier releases) have none and are checked for everything else.
 """
 
 from __future__ import annotations
 
+import hashlib
 import pickle
 import re
 from collections.abc import Mapping
@@ -21,8 +24,26 @@ from lenet_lightning.errors import UserError
 from lenet_lightning.model import LeNet5
 
 SETTINGS_KEY = "lenet_lightning_settings"
+DIGEST_KEY = "lenet_lightning_digest"
 NET_PREFIX = "net."
 OTHER_CHECKPOINT = "use another checkpoint of the run (e.g. last.ckpt or best-*.ckpt)"
+
+
+def state_digest(state_dict: Mapping[str, Any]) -> str:
+    """sha256 over every tensor's name, dtype, shape and bytes, in sorted name order.
+
+    Any changed byte of a weight, a renamed, reshaped or retyped tensor gives another digest.
+    """
+    digest = hashlib.sha256()
+    for name in sorted(state_dict):
+        value = state_dict[name]
+        if not isinstance(value, Tensor):
+            continue
+        tensor = value.detach().cpu().contiguous().reshape(-1)
+        digest.update(f"{name}\0{tensor.dtype}\0{tuple(value.shape)}\0".encode())
+        # Raw bytes whatever the dtype (numpy has no bfloat16): a uint8 view of the same storage.
+        digest.update(tensor.view(torch.uint8).numpy().tobytes())
+    return f"sha256:{digest.hexdigest()}"
 
 
 def load_checkpoint(path: Path) -> dict[str, Any]:
@@ -30,7 +51,8 @@ def load_checkpoint(path: Path) -> dict[str, Any]:
 
     A checkpoint that carries any other pickled object (which could run code) is
     refused before anything in it is executed. Then every weight of the model it
-    describes must be there with its shape.
+    describes must be there with its shape, match the checkpoint's digest when it has
+    one, and be finite.
     """
     if path.is_dir():
         raise UserError(f"--ckpt-path '{path}' is a folder: pass a .ckpt file from a run's checkpoints/ folder")
@@ -60,6 +82,8 @@ def load_checkpoint(path: Path) -> dict[str, Any]:
     if not any(key.startswith(NET_PREFIX) for key in checkpoint["state_dict"]):
         raise UserError(f"'{path}' is a checkpoint of another model: pass a .ckpt written by train.py")
     check_weights(path, checkpoint)
+    check_digest(path, checkpoint)
+    check_finite(path, checkpoint["state_dict"])
     return checkpoint
 
 
@@ -103,3 +127,25 @@ def check_weights(path: Path, checkpoint: Mapping[str, Any]) -> None:
 
 def shape_of(value: Any) -> tuple[int, ...] | None:
     return tuple(value.shape) if isinstance(value, Tensor) else None
+
+
+def check_digest(path: Path, checkpoint: Mapping[str, Any]) -> None:
+    """The weights are the bytes they were saved as, when the checkpoint carries a digest (else one line)."""
+    saved = checkpoint.get(DIGEST_KEY)
+    if saved is None:
+        return  # written by another program (plain Trainer, LightningCLI) or an earlier release
+    if saved != state_digest(checkpoint["state_dict"]):
+        raise UserError(
+            f"'{path}' failed its integrity check (its weights differ from the sha256 digest saved with them): "
+            f"it is damaged or was edited; {OTHER_CHECKPOINT}"
+        )
+
+
+def check_finite(path: Path, state_dict: Mapping[str, Any]) -> None:
+    """No weight is NaN or infinite (else one line naming the tensor)."""
+    for name, value in state_dict.items():
+        if isinstance(value, Tensor) and value.is_floating_point() and not bool(torch.isfinite(value).all()):
+            raise UserError(
+                f"'{path}' holds non-finite weights (NaN or infinity) in {name}: training diverged before it "
+                "was saved, or the file was edited; use an earlier checkpoint of the run"
+            )

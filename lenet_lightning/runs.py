@@ -1,8 +1,8 @@
-"""Run folders and their checkpoints: claimed atomically, written atomically.
+"""Run folders and their checkpoints: claimed atomically, written atomically with a digest.
 
 A run folder is ``<log_dir>/<name>/version_<n>/`` and holds everything of one run:
 ``config.yaml``, the TensorBoard event files, ``checkpoints/`` and the test results.
-Checkpoints are read by :mod:`lenet_lightning.checkpoints`.
+Checkpoints are read (and their digest checked) by :mod:`lenet_lightning.checkpoints`.
 """
 
 from __future__ import annotations
@@ -18,7 +18,7 @@ from lightning.pytorch.callbacks import Callback, ModelCheckpoint
 from lightning.pytorch.plugins.io import TorchCheckpointIO
 from typing_extensions import override
 
-from lenet_lightning.checkpoints import SETTINGS_KEY
+from lenet_lightning.checkpoints import DIGEST_KEY, SETTINGS_KEY, state_digest
 from lenet_lightning.errors import UserError
 
 VERSION_PREFIX = "version_"
@@ -90,11 +90,15 @@ class AtomicCheckpointIO(TorchCheckpointIO):
     A run killed at any moment (``kill -9`` included) leaves either the previous
     checkpoint or the new one, never a truncated file. Each write has its own
     temporary name, and only the writer removes it (two runs never touch each
-    other's files).
+    other's files). Every checkpoint with weights also gets their digest
+    (:func:`~lenet_lightning.checkpoints.state_digest`), which loading checks.
     """
 
     @override
     def save_checkpoint(self, checkpoint: dict[str, Any], path: Any, storage_options: Any = None) -> None:
+        if isinstance(checkpoint.get("state_dict"), dict):
+            # A copy: the caller's dict is Lightning's, and other plugins may still read it.
+            checkpoint = {**checkpoint, DIGEST_KEY: state_digest(checkpoint["state_dict"])}
         target = Path(path)
         target.parent.mkdir(parents=True, exist_ok=True)
         tmp = target.with_name(f".{target.name}.{uuid.uuid4().hex}.tmp")

@@ -1,7 +1,8 @@
-"""Checkpoints never run code, and may come from any writer of this network.
+"""Checkpoints never run code, prove their integrity, hold finite weights, and may come from any writer.
 
-A checkpoint carrying pickled objects is refused before loading. Those of a plain
-``lightning.Trainer`` and of ``LightningCLI`` (no train.py settings) work.
+A checkpoint carrying pickled objects is refused before loading; one whose weights
+differ from their saved digest, or are not finite, is refused with one line. Those of a
+plain ``lightning.Trainer`` and of ``LightningCLI`` (no digest, no train.py settings) work.
 """
 
 from __future__ import annotations
@@ -17,7 +18,7 @@ import torch
 from PIL import Image
 
 from lenet_lightning import CIFAR10_CLASSES
-from lenet_lightning.checkpoints import SETTINGS_KEY, load_checkpoint
+from lenet_lightning.checkpoints import DIGEST_KEY, SETTINGS_KEY, load_checkpoint, state_digest
 from lenet_lightning.cli import run
 from lenet_lightning.errors import UserError
 from lenet_lightning.inference import classifier_from_checkpoint
@@ -76,16 +77,58 @@ def test_a_damaged_checkpoint_gets_one_line_naming_the_problem(damage, small_che
     assert ("net.fc2.weight" if damage == "missing weight" else "net.fc3.weight has shape (5, 84)") in line
 
 
+def saved_copy(checkpoint: dict, path: Path) -> str:
+    torch.save(checkpoint, path)
+    return str(path)
+
+
+def test_checkpoints_written_by_training_carry_the_digest_of_their_weights(small_checkpoint):
+    checkpoint = torch.load(small_checkpoint, weights_only=True)
+    assert checkpoint[DIGEST_KEY] == state_digest(checkpoint["state_dict"])
+    assert load_checkpoint(small_checkpoint)[DIGEST_KEY] == checkpoint[DIGEST_KEY]
+
+
+def test_flipped_bytes_in_a_weight_are_refused_naming_the_file(small_checkpoint, tmp_path, capsys):
+    checkpoint = torch.load(small_checkpoint, weights_only=True)
+    raw = checkpoint["state_dict"]["net.conv2.weight"].view(-1).view(torch.uint8)  # the tensor's own storage
+    raw[400:416] ^= 0xFF  # 16 bytes: the weights stay finite and of the right shape, only the digest differs
+    damaged = saved_copy(checkpoint, tmp_path / "flipped.ckpt")
+    with pytest.raises(UserError, match="failed its integrity check"):
+        load_checkpoint(Path(damaged))
+    image = tmp_path / "image.png"
+    image.write_bytes(b"")
+    assert run(["--predict", str(image), "--ckpt-path", damaged]) == 2
+    line = error_line(capsys)
+    assert line.startswith(f"error: '{damaged}' failed its integrity check") and "damaged or was edited" in line
+
+
+def test_a_checkpoint_without_a_digest_still_loads(small_checkpoint, tmp_path):
+    checkpoint = torch.load(small_checkpoint, weights_only=True)
+    del checkpoint[DIGEST_KEY]  # as written by a plain Trainer, LightningCLI or an earlier release
+    assert DIGEST_KEY not in load_checkpoint(Path(saved_copy(checkpoint, tmp_path / "older.ckpt")))
+
+
+@pytest.mark.parametrize("value", [float("nan"), float("inf")])
+def test_non_finite_weights_are_refused_naming_the_tensor_and_the_file(value, small_checkpoint, tmp_path, capsys):
+    checkpoint = torch.load(small_checkpoint, weights_only=True)
+    checkpoint["state_dict"]["net.fc2.bias"][3] = value
+    checkpoint[DIGEST_KEY] = state_digest(checkpoint["state_dict"])  # saved so by a run that diverged
+    diverged = saved_copy(checkpoint, tmp_path / "diverged.ckpt")
+    image = tmp_path / "image.png"
+    image.write_bytes(b"")
+    assert run(["--predict", str(image), "--ckpt-path", diverged]) == 2
+    line = error_line(capsys)
+    assert line.startswith(f"error: '{diverged}' holds non-finite weights") and "in net.fc2.bias:" in line
+
+
 def test_weights_are_checked_against_lenet_without_building_the_training_system(small_checkpoint, tmp_path):
     """Only the class count of the hyper-parameters matters: unknown keys (another writer's) are no error."""
     checkpoint = torch.load(small_checkpoint, weights_only=True)
     checkpoint["hyper_parameters"] = {"class_names": [f"c{i}" for i in range(10)], "_class_path": "x.Y", "new": 1}
-    torch.save(checkpoint, tmp_path / "a.ckpt")
-    assert load_checkpoint(tmp_path / "a.ckpt")
+    assert load_checkpoint(Path(saved_copy(checkpoint, tmp_path / "a.ckpt")))
     checkpoint["hyper_parameters"] = {"num_classes": 7}
-    torch.save(checkpoint, tmp_path / "b.ckpt")
     with pytest.raises(UserError, match=r"net.fc3.weight has shape \(10, 84\), expected \(7, 84\)"):
-        load_checkpoint(tmp_path / "b.ckpt")
+        load_checkpoint(Path(saved_copy(checkpoint, tmp_path / "b.ckpt")))
 
 
 # --- checkpoints of other writers: a plain Trainer, LightningCLI ---------------------------------
@@ -136,7 +179,7 @@ def foreign_checkpoint(foreign_checkpoints: dict[str, Path], writer: str) -> Pat
 @pytest.mark.parametrize("writer", WRITERS)
 def test_checkpoints_of_other_writers_load(writer, foreign_checkpoints):
     checkpoint = load_checkpoint(foreign_checkpoint(foreign_checkpoints, writer))
-    assert SETTINGS_KEY not in checkpoint
+    assert SETTINGS_KEY not in checkpoint and DIGEST_KEY not in checkpoint
     model, class_names = classifier_from_checkpoint(checkpoint)
     assert class_names == CIFAR10_CLASSES
     assert model(torch.zeros(2, 3, 32, 32, dtype=torch.uint8)).shape == (2, 10)
