@@ -3,9 +3,11 @@
 from __future__ import annotations
 
 import json
+import math
 import os
 from collections.abc import Mapping, Sequence
 from pathlib import Path
+from typing import Any
 
 from torch import Tensor
 
@@ -55,9 +57,23 @@ def percent(hits: int, total: int) -> str:
 def write_json(path: Path, data: Mapping[str, float | None]) -> None:
     """Write ``data`` as JSON atomically (a reader never sees a half-written file).
 
-    NaN and infinity are refused (``ValueError``): they are not JSON, and other tools reject the file.
+    NaN and infinity are written as ``null``: they are not JSON, and other tools reject the file.
     """
-    text = json.dumps(data, indent=2, sort_keys=True, allow_nan=False) + "\n"
+    text = json.dumps(json_safe(data), indent=2, sort_keys=True, allow_nan=False) + "\n"
     tmp = path.with_suffix(f".tmp{os.getpid()}")
     tmp.write_text(text)
     os.replace(tmp, path)
+
+
+def json_safe(data: Any) -> Any:
+    """``data`` with every NaN or infinite float replaced by ``None`` (nested dicts and lists too).
+
+    JSON has no NaN: ``json.dumps(..., allow_nan=False)`` of the result never fails on numbers.
+    """
+    if isinstance(data, float):
+        return data if math.isfinite(data) else None
+    if isinstance(data, Mapping):
+        return {key: json_safe(value) for key, value in data.items()}
+    if isinstance(data, (list, tuple)):
+        return [json_safe(value) for value in data]
+    return data

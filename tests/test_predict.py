@@ -9,12 +9,13 @@ from pathlib import Path
 import pytest
 import torch
 from PIL import Image
+from torch import nn
 
 from lenet_lightning import CIFAR10_CLASSES
 from lenet_lightning.checkpoints import load_checkpoint
 from lenet_lightning.cli import main, run
 from lenet_lightning.inference import classifier_from_checkpoint
-from lenet_lightning.predict import OUTPUT_FIELDS, image_files, predict_files, predict_paths
+from lenet_lightning.predict import OUTPUT_FIELDS, image_files, predict_files, predict_paths, report, write_results
 from tests.conftest import ROOT, synthetic_images
 
 
@@ -131,3 +132,30 @@ def test_prediction_and_inference_import_neither_lightning_nor_torchmetrics():
     )
     done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, cwd=ROOT, check=True)
     assert done.stdout.strip() == "[]"
+
+
+class NonFiniteModel(nn.Module):
+    """Probabilities with NaN for the first image and infinity for the second."""
+
+    def forward(self, images):
+        probabilities = torch.full((len(images), len(CIFAR10_CLASSES)), 0.1)
+        probabilities[0] = float("nan")
+        probabilities[1, 4] = float("inf")
+        return probabilities
+
+
+def test_results_never_hold_nan_or_infinity(photos, tmp_path, capsys):
+    results = predict_files(NonFiniteModel(), CIFAR10_CLASSES, image_files([photos])[:3])
+    write_results(results, tmp_path / "results.json")
+    write_results(results, tmp_path / "results.csv")
+    report(results, print_all=True, as_json=True)
+    printed = capsys.readouterr().out
+    for text in (printed, (tmp_path / "results.json").read_text()):
+        saved = json.loads(text, parse_constant=pytest.fail)  # NaN, Infinity: not JSON
+        assert saved[0]["probability"] is None and saved[1]["probability"] is None
+        assert saved[2]["probability"] == 0.1
+    rows = list(csv.DictReader((tmp_path / "results.csv").read_text().splitlines()))
+    numbers = " ".join(row["probability"] + row["top3"] for row in rows).lower()  # file names may say "nan"
+    assert "nan" not in numbers and "inf" not in numbers
+    assert rows[0]["probability"] == rows[1]["probability"] == "" and rows[2]["probability"] == "0.1"
+    assert rows[0]["top3"].split(";")[0] == f"{rows[0]['class']}:"  # the class, no number
