@@ -78,8 +78,9 @@ def export_bundle(
     model, class_names = classifier_from_checkpoint(checkpoint)
     data = load_test_data(checkpoint, data_dir, cache_dir)
     images = evenly_spaced(data["images"], max_images)
-    # A copy: a view would drag the whole split's storage into model.pt2 as its sample input.
-    example = images[:2].clone()
+    # Two images at least (a single one is repeated): with one, torch.export would fix the batch size
+    # at 1. Indexing copies: a view would drag the whole split's storage into model.pt2 as its sample input.
+    example = images[torch.arange(2) % len(images)]
     with staging_folder(out_dir) as staging:
         export_onnx(model, example, staging / "model.onnx")
         export_program(model, example, staging / "model.pt2")

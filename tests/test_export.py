@@ -170,3 +170,14 @@ def test_card_says_when_test_metrics_describe_another_checkpoint(trained_checkpo
     card = export_bundle(copy, tmp_path / "bundle")["card"]
     assert card["test_metrics"]["accuracy"] == 0.0 and not card["test_metrics"]["same_checkpoint"]
     assert "DIFFERENT" in (tmp_path / "bundle" / "model_card.md").read_text()
+
+
+def test_a_test_split_of_one_image_exports_with_a_dynamic_batch_size(trained_checkpoint, tmp_path):
+    for name in CIFAR10_CLASSES:
+        (tmp_path / "data" / "test" / name).mkdir(parents=True)
+    image = synthetic_images(1, seed=6)[0][3]
+    Image.fromarray(image.transpose(1, 2, 0)).save(tmp_path / "data" / "test" / "cat" / "0.png")
+    summary = export_bundle(trained_checkpoint, tmp_path / "bundle", data_dir=str(tmp_path / "data"))
+    assert summary["verification"]["images"] == 1
+    program = torch.export.load(tmp_path / "bundle" / "model.pt2").module()
+    assert program(torch.from_numpy(synthetic_images(1, seed=9)[0][:3])).shape == (3, 10)  # any batch size
