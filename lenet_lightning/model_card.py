@@ -1,11 +1,15 @@
-"""The export bundle's model card: what the model is, how it was trained and tested, as JSON and Markdown."""
+"""The export bundle's model card: what the model is, how it was trained and tested, as JSON and Markdown.
+
+The run's test results are read defensively: a damaged ``test_metrics.json`` is
+reported in one line and the accuracy recomputed on the test split instead.
+"""
 
 from __future__ import annotations
 
 import datetime
 import importlib
-import json
 import platform
+import sys
 from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any
@@ -17,11 +21,10 @@ import torch
 import lenet_lightning
 from lenet_lightning.checkpoints import SETTINGS_KEY
 from lenet_lightning.inference import INPUT_NAME, OUTPUT_NAME, ImageClassifier, checkpoint_normalization
+from lenet_lightning.reporting import METRICS_FILE, NO_METRICS_FILE, metrics_from_confusion, read_test_metrics
 from lenet_lightning.runs import run_dir_of
 from lenet_lightning.settings import RECIPES
 
-METRICS_FILE = "test_metrics.json"
-NO_METRICS_FILE = f"no {METRICS_FILE} in the run folder"
 LIMITS = [
     "Trained and tested only on CIFAR-10-like images: 32x32 RGB, one centred object of the ten classes. "
     "Larger images must be resized to 32x32 first (this project uses antialiased bilinear).",
@@ -62,7 +65,7 @@ def model_card(
             "global_step": checkpoint.get("global_step"),
         },
         "data": data_card(data),
-        "test_metrics": card_test_metrics(checkpoint_path, model, data),
+        "test_metrics": card_test_metrics(checkpoint_path, model, class_names, data),
         "verification": verification,
         "files": artifacts,
         "versions": versions(packages),
@@ -95,25 +98,53 @@ def data_card(data: dict[str, Any]) -> dict[str, Any]:
     }
 
 
-def card_test_metrics(checkpoint_path: Path, model: ImageClassifier, data: dict[str, Any]) -> dict[str, Any]:
+def card_test_metrics(
+    checkpoint_path: Path, model: ImageClassifier, class_names: Sequence[str], data: dict[str, Any]
+) -> dict[str, Any]:
     """The run's ``test_metrics.json``, checked against the accuracy recomputed here on the test split.
 
     A run's file describes the checkpoint that was last tested (the best one after
     training, or the last one evaluated); the recomputed accuracy tells whether that
-    is the checkpoint being exported.
+    is the checkpoint being exported. Without a usable file the per-class accuracy is
+    the recomputed one, and ``note`` says why.
     """
+    recomputed = recompute_metrics(model, class_names, data)
+    path = run_dir_of(checkpoint_path) / METRICS_FILE
+    saved, note = read_test_metrics(path)
+    if saved is None:
+        if note != NO_METRICS_FILE:
+            print(f"warning: {note}: the model card's test accuracy is recomputed on the test split", file=sys.stderr)
+        return {
+            "source": None,
+            "note": note,
+            "accuracy": None,
+            "per_class": {name: recomputed[f"test/acc_{name}"] for name in class_names},
+            "tta": None,
+            "accuracy_recomputed_at_export": recomputed["test/acc"],
+            "same_checkpoint": False,
+        }
+    tta = None
+    if saved.get("test/acc_tta") is not None:  # test-time augmentation: its own numbers, never mixed with test/acc
+        tta = {"accuracy": saved["test/acc_tta"]}
+        tta["per_class"] = {name: saved.get(f"test/acc_tta_{name}") for name in class_names}
+    return {
+        "source": str(path),
+        "note": None,
+        "accuracy": saved["test/acc"],
+        "per_class": {name: saved[f"test/acc_{name}"] for name in class_names if f"test/acc_{name}" in saved},
+        "tta": tta,
+        "accuracy_recomputed_at_export": recomputed["test/acc"],
+        "same_checkpoint": abs(saved["test/acc"] - recomputed["test/acc"]) < 0.5 / len(data["labels"]),
+    }
+
+
+def recompute_metrics(model: ImageClassifier, class_names: Sequence[str], data: dict[str, Any]) -> dict[str, Any]:
+    """Overall and per-class accuracy of ``model`` on the test split (``None``: a class without images)."""
     with torch.no_grad():
         predictions = torch.cat([model(chunk).argmax(dim=1) for chunk in data["images"].split(1000)])
-    recomputed = float((predictions == data["labels"]).double().mean())
-    path = run_dir_of(checkpoint_path) / METRICS_FILE
-    saved = json.loads(path.read_text()) if path.is_file() else None
-    return {
-        "source": str(path) if saved is not None else NO_METRICS_FILE,
-        "accuracy": saved.get("test/acc") if saved is not None else None,
-        "per_class": {key.removeprefix("test/acc_"): value for key, value in (saved or {}).items() if "_" in key},
-        "accuracy_recomputed_at_export": recomputed,
-        "same_checkpoint": saved is not None and abs(saved["test/acc"] - recomputed) < 0.5 / len(data["labels"]),
-    }
+    count = len(class_names)
+    confusion = torch.bincount(data["labels"].long() * count + predictions, minlength=count * count)
+    return metrics_from_confusion(confusion[: count * count].view(count, count), class_names)
 
 
 def versions(packages: Sequence[str] = ()) -> dict[str, str]:
@@ -188,21 +219,31 @@ def render_card(card: dict[str, Any]) -> str:
 
 
 def metrics_lines(metrics: dict[str, Any]) -> list[str]:
+    """The test accuracy section: overall, then one row per class; test-time augmentation apart."""
+    recomputed = f"{100 * metrics['accuracy_recomputed_at_export']:.2f} %"
     if metrics["accuracy"] is None:
-        return [
-            f"No test_metrics.json in the run folder; accuracy recomputed at export: "
-            f"{100 * metrics['accuracy_recomputed_at_export']:.2f} %."
+        header = f"Recomputed at export on the test split: overall {recomputed} ({metrics['note']})."
+    else:
+        agreement = (
+            "the same checkpoint"
+            if metrics["same_checkpoint"]
+            else "DIFFERENT: the file describes another checkpoint of the run, or other test data"
+        )
+        header = (
+            f"From `{metrics['source']}`: overall {100 * metrics['accuracy']:.2f} % "
+            f"(recomputed at export: {recomputed}, {agreement})."
+        )
+    lines = [header, "", "| class | accuracy |", "|---|---|"]
+    lines += [f"| {name} | {accuracy_cell(value)} |" for name, value in metrics["per_class"].items()]
+    if metrics["tta"] is not None:
+        lines += [
+            "",
+            f"With test-time augmentation (each image's probabilities averaged with its mirror image's), "
+            f"reported apart: overall {100 * metrics['tta']['accuracy']:.2f} %.",
         ]
-    agreement = (
-        "the same checkpoint"
-        if metrics["same_checkpoint"]
-        else "DIFFERENT: the file describes another checkpoint of the run, or other test data"
-    )
-    return [
-        f"From `{metrics['source']}`: overall {100 * metrics['accuracy']:.2f} % "
-        f"(recomputed at export: {100 * metrics['accuracy_recomputed_at_export']:.2f} %, {agreement}).",
-        "",
-        "| class | accuracy |",
-        "|---|---|",
-        *[f"| {name} | {100 * value:.2f} % |" for name, value in metrics["per_class"].items()],
-    ]
+    return lines
+
+
+def accuracy_cell(value: float | None) -> str:
+    """A class's accuracy, or why it has none (``null`` in test_metrics.json: no test images of it)."""
+    return "no test images" if value is None else f"{100 * value:.2f} %"
