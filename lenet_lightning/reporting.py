@@ -95,10 +95,13 @@ def read_test_metrics(path: Path) -> tuple[dict[str, Any] | None, str]:
     if not isinstance(saved, dict):
         return None, f"'{path}' is damaged (it holds a JSON {type(saved).__name__}, not an object of metrics)"
     if not is_fraction(saved.get("test/acc")):
-        return None, f"'{path}' is damaged ('test/acc' is {saved.get('test/acc')!r}, not a number from 0 to 1)"
+        return (
+            None,
+            f"'{path}' is damaged ('test/acc' is {json.dumps(saved.get('test/acc'))}, not a number from 0 to 1)",
+        )
     for key, value in saved.items():
         if key.startswith("test/acc_") and value is not None and not is_fraction(value):
-            return None, f"'{path}' is damaged ('{key}' is {value!r}, not a number from 0 to 1 or null)"
+            return None, f"'{path}' is damaged ('{key}' is {json.dumps(value)}, not a number from 0 to 1 or null)"
     return saved, ""
 
 

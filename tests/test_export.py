@@ -202,11 +202,11 @@ def card_metrics(trained_checkpoint, tmp_path, saved: str) -> tuple[dict, str]:
     ("saved", "reason"),
     [
         ('{"test/acc": 0.7', "not valid JSON"),
-        ('{"test/acc": null}', "'test/acc' is None"),
+        ('{"test/acc": null}', "'test/acc' is null"),
         ("[0.7, 0.6]", "holds a JSON list"),
-        ('{"test/acc": "0.7"}', "'test/acc' is '0.7'"),
-        ('{"test/acc": NaN}', "'test/acc' is nan"),
-        ('{"test/acc": 0.7, "test/acc_cat": {"x": 1}}', "'test/acc_cat' is {'x': 1}"),
+        ('{"test/acc": "0.7"}', "'test/acc' is \"0.7\""),
+        ('{"test/acc": NaN}', "'test/acc' is NaN"),
+        ('{"test/acc": 0.7, "test/acc_cat": {"x": 1}}', "'test/acc_cat' is {\"x\": 1}"),
     ],
 )
 def test_a_damaged_test_metrics_file_is_named_in_one_line_and_recomputed(
