@@ -141,6 +141,8 @@ def foreign_checkpoints(cifar_archive, tmp_path_factory) -> dict[str, Path]:
 
     from lenet_lightning import CIFAR10DataModule, LeNetClassifier
 
+    # max_epochs as well as max_steps: LeNetClassifier sizes its learning-rate schedule from max_epochs,
+    # which max_steps alone leaves at -1 (the schedule then has a negative length).
     found = {}
     folder = tmp_path_factory.mktemp("plain-trainer")
     trainer = L.Trainer(
