@@ -19,7 +19,7 @@ from typing import Any
 import torch
 from torch import Tensor
 
-from lenet_lightning.cifar10 import CLASSES
+from lenet_lightning.cifar10 import CLASSES, resolve_normalization
 from lenet_lightning.errors import UserError
 from lenet_lightning.model import LeNet5
 
@@ -52,7 +52,7 @@ def load_checkpoint(path: Path) -> dict[str, Any]:
     A checkpoint that carries any other pickled object (which could run code) is
     refused before anything in it is executed. Then every weight of the model it
     describes must be there with its shape, match the checkpoint's digest when it has
-    one, and be finite.
+    one, and be finite; the normalisation its images need must be one this version knows.
     """
     if path.is_dir():
         raise UserError(f"--ckpt-path '{path}' is a folder: pass a .ckpt file from a run's checkpoints/ folder")
@@ -84,6 +84,7 @@ def load_checkpoint(path: Path) -> dict[str, Any]:
     check_weights(path, checkpoint)
     check_digest(path, checkpoint)
     check_finite(path, checkpoint["state_dict"])
+    check_normalization(path, checkpoint)
     return checkpoint
 
 
@@ -149,3 +150,12 @@ def check_finite(path: Path, state_dict: Mapping[str, Any]) -> None:
                 f"'{path}' holds non-finite weights (NaN or infinity) in {name}: training diverged before it "
                 "was saved, or the file was edited; use an earlier checkpoint of the run"
             )
+
+
+def check_normalization(path: Path, checkpoint: Mapping[str, Any]) -> None:
+    """The normalisation the checkpoint's DataModule used is one this version can apply (else one line)."""
+    data = checkpoint.get("datamodule_hyper_parameters") or {}
+    try:
+        resolve_normalization(data.get("normalization", "cifar10"), data.get("mean"), data.get("std"))
+    except (TypeError, ValueError) as error:
+        raise UserError(f"'{path}' holds unusable normalisation settings ({error}): {OTHER_CHECKPOINT}") from None

@@ -121,6 +121,17 @@ def test_non_finite_weights_are_refused_naming_the_tensor_and_the_file(value, sm
     assert line.startswith(f"error: '{diverged}' holds non-finite weights") and "in net.fc2.bias:" in line
 
 
+def test_unknown_normalisation_is_refused_naming_the_file(small_checkpoint, tmp_path, capsys):
+    checkpoint = torch.load(small_checkpoint, weights_only=True)
+    checkpoint["datamodule_hyper_parameters"]["normalization"] = "sepia"
+    edited = saved_copy(checkpoint, tmp_path / "sepia.ckpt")
+    image = tmp_path / "image.png"
+    image.write_bytes(b"")
+    assert run(["--predict", str(image), "--ckpt-path", edited]) == 2
+    line = error_line(capsys)
+    assert line.startswith(f"error: '{edited}' holds unusable normalisation settings") and "'sepia'" in line
+
+
 def test_weights_are_checked_against_lenet_without_building_the_training_system(small_checkpoint, tmp_path):
     """Only the class count of the hyper-parameters matters: unknown keys (another writer's) are no error."""
     checkpoint = torch.load(small_checkpoint, weights_only=True)
