@@ -3,6 +3,9 @@
 The names below are imported on first use, so that ``lenet_lightning.model``,
 ``lenet_lightning.batches`` and ``lenet_lightning.sources`` can be used without
 importing Lightning (several seconds): a plain PyTorch loop needs only those.
+Inference needs no Lightning either: ``lenet_lightning.checkpoints`` reads a
+checkpoint, ``lenet_lightning.inference`` turns it into a model, and
+``lenet_lightning.predict`` classifies image files with it.
 """
 
 from __future__ import annotations

@@ -17,10 +17,11 @@ from typing import Any, NoReturn
 from typing_extensions import override
 
 from lenet_lightning import experiment
+from lenet_lightning.checkpoints import load_checkpoint
 from lenet_lightning.errors import PreemptedError, SettingError, UserError
 from lenet_lightning.export import export_bundle, summary_text
 from lenet_lightning.predict import predict_paths
-from lenet_lightning.runs import check_resumable, find_last_checkpoint, load_checkpoint
+from lenet_lightning.runs import check_resumable, find_last_checkpoint
 from lenet_lightning.settings import (
     DEFAULTS,
     RECIPES,

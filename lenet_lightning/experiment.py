@@ -29,6 +29,7 @@ from lightning.pytorch.utilities.exceptions import SIGTERMException
 from typing_extensions import override
 
 from lenet_lightning.callbacks import AveragedWeights, FiniteLossGuard, console_callbacks
+from lenet_lightning.checkpoints import load_checkpoint
 from lenet_lightning.data import CIFAR10DataModule
 from lenet_lightning.errors import PreemptedError, UserError, invocation
 from lenet_lightning.hardware import check_hardware
@@ -42,7 +43,6 @@ from lenet_lightning.runs import (
     RunCheckpoint,
     SaveRunOptions,
     claim_run_dir,
-    load_checkpoint,
     own_run_dir,
     run_dir_of,
 )

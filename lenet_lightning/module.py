@@ -198,7 +198,8 @@ class LeNetClassifier(L.LightningModule):
         """
         trainer = self.trainer
         steps_per_epoch = getattr(trainer.datamodule, "train_batches_per_epoch", None)  # type: ignore[attr-defined]
-        if steps_per_epoch is None or trainer.max_epochs is None or trainer.accumulate_grad_batches != 1:
+        by_epochs = trainer.max_steps == -1 and (trainer.max_epochs or 0) > 0  # else max_steps bounds the run
+        if steps_per_epoch is None or not by_epochs or trainer.accumulate_grad_batches != 1:
             return int(trainer.estimated_stepping_batches)
         return trainer.max_epochs * steps_per_epoch(trainer.world_size)
 

@@ -1,14 +1,16 @@
 """Classify image files and folders of any size with a trained checkpoint, in batches.
 
 Prediction runs the same uint8-in, probabilities-out model that ``--export`` ships
-(:class:`~lenet_lightning.export.ImageClassifier`), so it needs no Lightning and
-gives what the exported bundle gives.
+(:class:`~lenet_lightning.inference.ImageClassifier`), so it needs no Lightning and
+gives what the exported bundle gives. Results hold no NaN: a non-finite probability
+is ``null`` in JSON and empty in CSV.
 """
 
 from __future__ import annotations
 
 import csv
 import json
+import math
 import os
 import sys
 import time
@@ -21,10 +23,11 @@ from typing import Any
 import torch
 from torch import nn
 
+from lenet_lightning.checkpoints import load_checkpoint
 from lenet_lightning.cifar10 import IMAGE_SUFFIXES
 from lenet_lightning.errors import UserError
-from lenet_lightning.export import classifier_from_checkpoint
-from lenet_lightning.runs import load_checkpoint
+from lenet_lightning.inference import classifier_from_checkpoint
+from lenet_lightning.reporting import json_safe
 from lenet_lightning.sources import read_image
 
 OUTPUT_FIELDS = ("file", "class", "probability", "top3", "error")
@@ -164,22 +167,27 @@ def write_results(results: list[dict[str, Any]], path: Path) -> None:
     rows = output_rows(results)
     try:
         if path.suffix.lower() == ".json":
-            path.write_text(json.dumps(rows, indent=2) + "\n")
+            path.write_text(json.dumps(json_safe(rows), indent=2, allow_nan=False) + "\n")
             return
         with path.open("w", newline="") as file:
             writer = csv.DictWriter(file, fieldnames=OUTPUT_FIELDS)
             writer.writeheader()
             for row in rows:
-                top3 = ";".join(f"{c['class']}:{c['probability']}" for c in row["top3"] or [])
-                writer.writerow({**row, "top3": top3})
+                top3 = ";".join(f"{c['class']}:{csv_number(c['probability'])}" for c in row["top3"] or [])
+                writer.writerow({**row, "probability": csv_number(row["probability"]), "top3": top3})
     except OSError as error:
         raise UserError(f"cannot write '{path}' ({error.strerror}): pass a writable --output file") from None
+
+
+def csv_number(value: float | None) -> str | float:
+    """A probability for CSV: empty when there is none or it is not finite (never ``nan``)."""
+    return value if value is not None and math.isfinite(value) else ""
 
 
 def report(results: list[dict[str, Any]], print_all: bool, as_json: bool) -> None:
     """Errors to stderr; with ``print_all`` also each file's top-3 (or all results as JSON) to stdout."""
     if print_all and as_json:
-        print(json.dumps(results, indent=2))
+        print(json.dumps(json_safe(results), indent=2, allow_nan=False))
         return
     for result in results:
         if "error" in result:

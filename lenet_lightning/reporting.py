@@ -1,13 +1,18 @@
-"""Test results as a console table and as ``test_metrics.json``."""
+"""Test results as a console table and as ``test_metrics.json``, written safely and read defensively."""
 
 from __future__ import annotations
 
 import json
+import math
 import os
 from collections.abc import Mapping, Sequence
 from pathlib import Path
+from typing import Any
 
 from torch import Tensor
+
+METRICS_FILE = "test_metrics.json"
+NO_METRICS_FILE = f"no {METRICS_FILE} in the run folder"
 
 
 def metrics_from_confusion(
@@ -55,9 +60,51 @@ def percent(hits: int, total: int) -> str:
 def write_json(path: Path, data: Mapping[str, float | None]) -> None:
     """Write ``data`` as JSON atomically (a reader never sees a half-written file).
 
-    NaN and infinity are refused (``ValueError``): they are not JSON, and other tools reject the file.
+    NaN and infinity are written as ``null``: they are not JSON, and other tools reject the file.
     """
-    text = json.dumps(data, indent=2, sort_keys=True, allow_nan=False) + "\n"
+    text = json.dumps(json_safe(data), indent=2, sort_keys=True, allow_nan=False) + "\n"
     tmp = path.with_suffix(f".tmp{os.getpid()}")
     tmp.write_text(text)
     os.replace(tmp, path)
+
+
+def json_safe(data: Any) -> Any:
+    """``data`` with every NaN or infinite float replaced by ``None`` (nested dicts and lists too).
+
+    JSON has no NaN: ``json.dumps(..., allow_nan=False)`` of the result never fails on numbers.
+    """
+    if isinstance(data, float):
+        return data if math.isfinite(data) else None
+    if isinstance(data, Mapping):
+        return {key: json_safe(value) for key, value in data.items()}
+    if isinstance(data, (list, tuple)):
+        return [json_safe(value) for value in data]
+    return data
+
+
+def read_test_metrics(path: Path) -> tuple[dict[str, Any] | None, str]:
+    """The run's test results, or ``None`` and why they cannot be used (missing, or damaged: never raises)."""
+    if not path.is_file():
+        return None, NO_METRICS_FILE
+    try:
+        saved = json.loads(path.read_text())
+    except (OSError, UnicodeDecodeError) as error:
+        return None, f"cannot read '{path}' ({error})"
+    except json.JSONDecodeError as error:
+        return None, f"'{path}' is damaged (not valid JSON: {error.msg} at line {error.lineno})"
+    if not isinstance(saved, dict):
+        return None, f"'{path}' is damaged (it holds a JSON {type(saved).__name__}, not an object of metrics)"
+    if not is_fraction(saved.get("test/acc")):
+        return (
+            None,
+            f"'{path}' is damaged ('test/acc' is {json.dumps(saved.get('test/acc'))}, not a number from 0 to 1)",
+        )
+    for key, value in saved.items():
+        if key.startswith("test/acc_") and value is not None and not is_fraction(value):
+            return None, f"'{path}' is damaged ('{key}' is {json.dumps(value)}, not a number from 0 to 1 or null)"
+    return saved, ""
+
+
+def is_fraction(value: Any) -> bool:
+    """A real number from 0 to 1 (JSON's ``true`` is no number here, NaN is not between 0 and 1)."""
+    return isinstance(value, (int, float)) and not isinstance(value, bool) and math.isfinite(value) and 0 <= value <= 1

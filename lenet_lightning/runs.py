@@ -1,14 +1,14 @@
-"""Run folders and their checkpoints: claimed atomically, written atomically, loaded safely.
+"""Run folders and their checkpoints: claimed atomically, written atomically with a digest.
 
 A run folder is ``<log_dir>/<name>/version_<n>/`` and holds everything of one run:
 ``config.yaml``, the TensorBoard event files, ``checkpoints/`` and the test results.
+Checkpoints are read (and their digest checked) by :mod:`lenet_lightning.checkpoints`.
 """
 
 from __future__ import annotations
 
 import dataclasses
 import os
-import pickle
 import re
 import uuid
 from pathlib import Path
@@ -21,8 +21,8 @@ from lightning.pytorch.callbacks import Callback, ModelCheckpoint
 from lightning.pytorch.plugins.io import TorchCheckpointIO
 from typing_extensions import override
 
+from lenet_lightning.checkpoints import DIGEST_KEY, state_digest
 from lenet_lightning.errors import UserError, invocation
-from lenet_lightning.module import LeNetClassifier
 from lenet_lightning.settings import RUN_KEY, SETTINGS, RunOptions
 
 VERSION_PREFIX = "version_"
@@ -148,11 +148,15 @@ class AtomicCheckpointIO(TorchCheckpointIO):
     A run killed at any moment (``kill -9`` included) leaves either the previous
     checkpoint or the new one, never a truncated file. Each write has its own
     temporary name, and only the writer removes it (two runs never touch each
-    other's files).
+    other's files). Every checkpoint with weights also gets their digest
+    (:func:`~lenet_lightning.checkpoints.state_digest`), which loading checks.
     """
 
     @override
     def save_checkpoint(self, checkpoint: dict[str, Any], path: Any, storage_options: Any = None) -> None:
+        if isinstance(checkpoint.get("state_dict"), dict):
+            # A copy: the caller's dict is Lightning's, and other plugins may still read it.
+            checkpoint = {**checkpoint, DIGEST_KEY: state_digest(checkpoint["state_dict"])}
         target = Path(path)
         target.parent.mkdir(parents=True, exist_ok=True)
         tmp = target.with_name(f".{target.name}.{uuid.uuid4().hex}.tmp")
@@ -262,57 +266,3 @@ class SaveRunOptions(Callback):
     @override
     def on_save_checkpoint(self, trainer: L.Trainer, pl_module: L.LightningModule, checkpoint: dict[str, Any]) -> None:
         checkpoint[RUN_KEY] = self.options
-
-
-# --- reading checkpoints ----------------------------------------------------------------
-
-
-def load_checkpoint(path: Path) -> dict[str, Any]:
-    """Load a checkpoint with ``weights_only=True``: tensors and plain data only.
-
-    A checkpoint that carries any other pickled object (which could run code) is
-    refused before anything in it is executed.
-    """
-    if path.is_dir():
-        raise UserError(f"--ckpt-path '{path}' is a folder: pass a .ckpt file from a run's checkpoints/ folder")
-    if not path.is_file():
-        raise UserError(f"checkpoint '{path}' does not exist: pass the path of a .ckpt file from a run's checkpoints/")
-    try:
-        checkpoint = torch.load(path, map_location="cpu", weights_only=True)
-    except pickle.UnpicklingError as error:
-        # PyTorch's message suggests loading with weights_only=False: exactly what must not happen.
-        if "Weights only load failed" in str(error):
-            unsafe = re.search(r"Unsupported global: GLOBAL (\S+)", str(error))
-            raise UserError(
-                f"refused to load '{path}': it holds Python objects beyond tensors and plain data "
-                f"({unsafe.group(1) if unsafe else 'unsupported content'}), which could run code; "
-                "use a checkpoint written by train.py"
-            ) from None
-        raise UserError(f"'{path}' is not a readable checkpoint: pass a .ckpt written by train.py") from None
-    except Exception as error:  # a damaged or foreign file: RuntimeError, EOFError, KeyError, ...
-        reason = str(error).split(". ")[0] if isinstance(error, (RuntimeError, OSError)) else "not a PyTorch file"
-        raise UserError(f"'{path}' is not a readable checkpoint ({reason}): pass a .ckpt written by train.py") from None
-    if not isinstance(checkpoint, dict) or "state_dict" not in checkpoint or "hyper_parameters" not in checkpoint:
-        raise UserError(f"'{path}' is not a lenet-lightning checkpoint: pass a .ckpt written by train.py")
-    if not any(key.startswith("net.") for key in checkpoint["state_dict"]):
-        raise UserError(f"'{path}' is a checkpoint of another model: pass a .ckpt written by train.py")
-    check_weights(path, checkpoint)
-    return checkpoint
-
-
-def check_weights(path: Path, checkpoint: dict[str, Any]) -> None:
-    """Every weight of the model the checkpoint describes is there, with its shape (else one line)."""
-    try:
-        expected = LeNetClassifier(**checkpoint["hyper_parameters"]).state_dict()
-    except (TypeError, UserError) as error:
-        raise UserError(f"'{path}' holds settings this version cannot build a model from ({error})") from None
-    found = checkpoint["state_dict"]
-    missing = sorted(set(expected) - set(found))
-    wrong = [k for k in expected if k in found and tuple(found[k].shape) != tuple(expected[k].shape)]
-    if missing or wrong:
-        problem = f"missing {missing[:3]}" if missing else f"{wrong[0]} has shape {tuple(found[wrong[0]].shape)}"
-        raise UserError(
-            f"'{path}' does not match the model it describes ({problem}, expected "
-            f"{tuple(expected[wrong[0]].shape) if wrong and not missing else 'all weights'}): "
-            "it is damaged or was edited; use another checkpoint of the run (e.g. last.ckpt or best-*.ckpt)"
-        )

@@ -13,10 +13,13 @@ import torch
 from PIL import Image
 
 from lenet_lightning import CIFAR10_CLASSES, export
+from lenet_lightning.checkpoints import load_checkpoint
 from lenet_lightning.cli import main, run
 from lenet_lightning.errors import UserError
-from lenet_lightning.export import BUNDLE_FILES, classifier_from_checkpoint, export_bundle
-from lenet_lightning.runs import load_checkpoint
+from lenet_lightning.export import BUNDLE_FILES, export_bundle
+from lenet_lightning.inference import classifier_from_checkpoint
+from lenet_lightning.model_card import card_test_metrics, metrics_lines
+from lenet_lightning.reporting import metrics_from_confusion
 from tests.conftest import synthetic_images
 
 # Without the export extra (pip install -e ".[export]") there is nothing to test here.
@@ -169,3 +172,87 @@ def test_card_says_when_test_metrics_describe_another_checkpoint(trained_checkpo
     card = export_bundle(copy, tmp_path / "bundle")["card"]
     assert card["test_metrics"]["accuracy"] == 0.0 and not card["test_metrics"]["same_checkpoint"]
     assert "DIFFERENT" in (tmp_path / "bundle" / "model_card.md").read_text()
+
+
+def test_a_test_split_of_one_image_exports_with_a_dynamic_batch_size(trained_checkpoint, tmp_path):
+    for name in CIFAR10_CLASSES:
+        (tmp_path / "data" / "test" / name).mkdir(parents=True)
+    image = synthetic_images(1, seed=6)[0][3]
+    Image.fromarray(image.transpose(1, 2, 0)).save(tmp_path / "data" / "test" / "cat" / "0.png")
+    summary = export_bundle(trained_checkpoint, tmp_path / "bundle", data_dir=str(tmp_path / "data"))
+    assert summary["verification"]["images"] == 1
+    program = torch.export.load(tmp_path / "bundle" / "model.pt2").module()
+    assert program(torch.from_numpy(synthetic_images(1, seed=9)[0][:3])).shape == (3, 10)  # any batch size
+
+
+def card_metrics(trained_checkpoint, tmp_path, saved: str) -> tuple[dict, str]:
+    """The card's test metrics and their Markdown, for a run folder whose test_metrics.json holds ``saved``."""
+    checkpoint_path = tmp_path / "run" / "checkpoints" / "best.ckpt"
+    checkpoint_path.parent.mkdir(parents=True)
+    (tmp_path / "run" / "test_metrics.json").write_text(saved)
+    model, class_names = classifier_from_checkpoint(load_checkpoint(trained_checkpoint))
+    images, labels = synthetic_images(2, seed=1)
+    data = {"images": torch.from_numpy(images), "labels": torch.from_numpy(labels)}
+    metrics = card_test_metrics(checkpoint_path, model, class_names, data)
+    json.dumps(metrics, allow_nan=False)  # the card stays valid JSON
+    return metrics, "\n".join(metrics_lines(metrics))
+
+
+@pytest.mark.parametrize(
+    ("saved", "reason"),
+    [
+        ('{"test/acc": 0.7', "not valid JSON"),
+        ('{"test/acc": null}', "'test/acc' is null"),
+        ("[0.7, 0.6]", "holds a JSON list"),
+        ('{"test/acc": "0.7"}', "'test/acc' is \"0.7\""),
+        ('{"test/acc": NaN}', "'test/acc' is NaN"),
+        ('{"test/acc": 0.7, "test/acc_cat": {"x": 1}}', "'test/acc_cat' is {\"x\": 1}"),
+    ],
+)
+def test_a_damaged_test_metrics_file_is_named_in_one_line_and_recomputed(
+    saved, reason, trained_checkpoint, tmp_path, capsys
+):
+    metrics, markdown = card_metrics(trained_checkpoint, tmp_path, saved)
+    [line] = capsys.readouterr().err.splitlines()
+    assert line.startswith(f"warning: '{tmp_path / 'run' / 'test_metrics.json'}' is damaged") and reason in line
+    assert "recomputed on the test split" in line
+    assert metrics["accuracy"] is None and metrics["source"] is None and reason in metrics["note"]
+    assert list(metrics["per_class"]) == list(CIFAR10_CLASSES)  # recomputed: 2 images of each class
+    assert f"{100 * metrics['accuracy_recomputed_at_export']:.2f} %" in markdown and reason in markdown
+
+
+def test_export_with_a_damaged_test_metrics_file_succeeds_saying_so(trained_checkpoint, tmp_path, capsys):
+    run_dir = tmp_path / "run"
+    (run_dir / "checkpoints").mkdir(parents=True)
+    copy = run_dir / "checkpoints" / "best.ckpt"
+    copy.write_bytes(trained_checkpoint.read_bytes())
+    (run_dir / "test_metrics.json").write_text("{not json")
+    assert run(["--export", str(tmp_path / "bundle"), "--ckpt-path", str(copy)]) == 0
+    [warning] = [line for line in capsys.readouterr().err.splitlines() if "test_metrics.json" in line]
+    assert warning.startswith("warning: ") and "is damaged (not valid JSON" in warning
+    card = json.loads((tmp_path / "bundle" / "model_card.json").read_text())
+    assert card["test_metrics"]["accuracy"] is None and len(card["test_metrics"]["per_class"]) == 10
+
+
+def test_after_a_tta_run_the_card_lists_the_ten_classes_and_tta_apart(trained_checkpoint, tmp_path, capsys):
+    confusion = torch.eye(10, dtype=torch.int64) * 4 + 1
+    saved = metrics_from_confusion(confusion, CIFAR10_CLASSES)
+    saved |= metrics_from_confusion(confusion * 2 - torch.eye(10, dtype=torch.int64), CIFAR10_CLASSES, "test/acc_tta")
+    metrics, markdown = card_metrics(trained_checkpoint, tmp_path, json.dumps(saved))  # as a --tta run writes it
+    assert list(metrics["per_class"]) == list(CIFAR10_CLASSES)
+    assert metrics["per_class"]["cat"] == saved["test/acc_cat"]
+    assert metrics["tta"]["accuracy"] == saved["test/acc_tta"]
+    assert metrics["tta"]["per_class"]["cat"] == saved["test/acc_tta_cat"]
+    rows = [line for line in markdown.splitlines() if line.startswith("| ") and not line.startswith("| class")]
+    assert [row.split(" | ")[0].removeprefix("| ") for row in rows] == list(CIFAR10_CLASSES)
+    assert "test-time augmentation" in markdown and f"{100 * saved['test/acc_tta']:.2f} %" in markdown
+    assert capsys.readouterr().err == ""
+
+
+def test_a_class_without_test_images_shows_as_such_in_the_card(trained_checkpoint, tmp_path):
+    confusion = torch.eye(10, dtype=torch.int64) * 3
+    confusion[3, 3] = 0  # no cat in the test split: null in test_metrics.json
+    saved = metrics_from_confusion(confusion, CIFAR10_CLASSES)
+    metrics, markdown = card_metrics(trained_checkpoint, tmp_path, json.dumps(saved))
+    assert metrics["per_class"]["cat"] is None and metrics["accuracy"] == 1.0
+    assert "| cat | no test images |" in markdown and "| dog | 100.00 % |" in markdown

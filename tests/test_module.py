@@ -86,8 +86,12 @@ def test_a_class_without_test_images_is_null_in_valid_json(tmp_path):
     written = json.loads((tmp_path / "metrics.json").read_text(), parse_constant=pytest.fail)  # NaN: not JSON
     assert written["test/acc_cat"] is None and written["test/acc_dog"] == 1.0
     assert "\ncat              -         0/0\n" in format_table(confusion, CIFAR10_CLASSES)
-    with pytest.raises(ValueError, match="JSON compliant"):
-        write_json(tmp_path / "nan.json", {"test/acc": float("nan")})
+
+
+def test_non_finite_numbers_are_written_as_null_never_as_nan(tmp_path):
+    write_json(tmp_path / "nan.json", {"test/acc": float("nan"), "test/acc_cat": float("inf"), "test/acc_dog": 0.5})
+    written = json.loads((tmp_path / "nan.json").read_text(), parse_constant=pytest.fail)  # NaN, Infinity: not JSON
+    assert written == {"test/acc": None, "test/acc_cat": None, "test/acc_dog": 0.5}
 
 
 def test_metrics_of_stages_are_separate_instances():

@@ -1,19 +1,22 @@
-"""``--predict`` on folders: recursion, batches, unreadable files, CSV and JSON results, throughput."""
+"""``--predict`` on folders: recursion, batches, unreadable files, CSV and JSON results, throughput, no Lightning."""
 
 import csv
 import json
+import subprocess
+import sys
 from pathlib import Path
 
 import pytest
 import torch
 from PIL import Image
+from torch import nn
 
 from lenet_lightning import CIFAR10_CLASSES
+from lenet_lightning.checkpoints import load_checkpoint
 from lenet_lightning.cli import main, run
-from lenet_lightning.export import classifier_from_checkpoint
-from lenet_lightning.predict import OUTPUT_FIELDS, image_files, predict_files, predict_paths
-from lenet_lightning.runs import load_checkpoint
-from tests.conftest import synthetic_images
+from lenet_lightning.inference import classifier_from_checkpoint
+from lenet_lightning.predict import OUTPUT_FIELDS, image_files, predict_files, predict_paths, report, write_results
+from tests.conftest import ROOT, synthetic_images
 
 
 @pytest.fixture(scope="session")
@@ -119,3 +122,40 @@ def test_a_checkpoint_without_class_names_predicts_cifar10_names(small_checkpoin
     Image.fromarray(synthetic_images(1, seed=5)[0][3].transpose(1, 2, 0)).save(image)
     [result] = predict_paths(tmp_path / "older.ckpt", [image])
     assert result["class"] in CIFAR10_CLASSES
+
+
+def test_prediction_and_inference_import_neither_lightning_nor_torchmetrics():
+    code = (
+        "import sys, lenet_lightning.predict, lenet_lightning.inference, lenet_lightning.checkpoints\n"
+        "heavy = {'lightning', 'pytorch_lightning', 'torchmetrics'}\n"
+        "print(sorted(m for m in sys.modules if m.split('.')[0] in heavy or m == 'lenet_lightning.settings'))\n"
+    )
+    done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, cwd=ROOT, check=True)
+    assert done.stdout.strip() == "[]"
+
+
+class NonFiniteModel(nn.Module):
+    """Probabilities with NaN for the first image and infinity for the second."""
+
+    def forward(self, images):
+        probabilities = torch.full((len(images), len(CIFAR10_CLASSES)), 0.1)
+        probabilities[0] = float("nan")
+        probabilities[1, 4] = float("inf")
+        return probabilities
+
+
+def test_results_never_hold_nan_or_infinity(photos, tmp_path, capsys):
+    results = predict_files(NonFiniteModel(), CIFAR10_CLASSES, image_files([photos])[:3])
+    write_results(results, tmp_path / "results.json")
+    write_results(results, tmp_path / "results.csv")
+    report(results, print_all=True, as_json=True)
+    printed = capsys.readouterr().out
+    for text in (printed, (tmp_path / "results.json").read_text()):
+        saved = json.loads(text, parse_constant=pytest.fail)  # NaN, Infinity: not JSON
+        assert saved[0]["probability"] is None and saved[1]["probability"] is None
+        assert saved[2]["probability"] == 0.1
+    rows = list(csv.DictReader((tmp_path / "results.csv").read_text().splitlines()))
+    numbers = " ".join(row["probability"] + row["top3"] for row in rows).lower()  # file names may say "nan"
+    assert "nan" not in numbers and "inf" not in numbers
+    assert rows[0]["probability"] == rows[1]["probability"] == "" and rows[2]["probability"] == "0.1"
+    assert rows[0]["top3"].split(";")[0] == f"{rows[0]['class']}:"  # the class, no number
