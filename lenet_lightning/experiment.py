@@ -176,7 +176,12 @@ def _train(
         folder = RunFolderSync(run_dir)
         trainer = build_trainer(options, logger, run_dir, fast_dev_run, [SaveRunOptions(options), folder, *callbacks])
         fit(trainer, model, datamodule, resume_from)
-    best = None if fast_dev_run else "best"
+    # "best" unless no checkpoint was chosen here (a fast dev run; a resumed run that had already ended).
+    best = (
+        "best"
+        if isinstance(trainer.checkpoint_callback, ModelCheckpoint) and trainer.checkpoint_callback.best_model_path
+        else None
+    )
     trainer.test(model, datamodule=datamodule, ckpt_path=best, weights_only=True, verbose=False)
     metrics = report_test(trainer, model, None if fast_dev_run else folder.run_dir, "test_metrics.json")
     if fast_dev_run:
