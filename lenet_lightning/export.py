@@ -28,6 +28,7 @@ from lenet_lightning.checkpoints import load_checkpoint
 from lenet_lightning.cifar10 import ARCHIVE_FOLDER, default_cache_dir
 from lenet_lightning.errors import UserError
 from lenet_lightning.inference import INPUT_NAME, OUTPUT_NAME, ImageClassifier, classifier_from_checkpoint
+from lenet_lightning.leftovers import remove_stale, temporary_name
 from lenet_lightning.model_card import model_card, render_card
 from lenet_lightning.sources import (
     detect_source,
@@ -118,11 +119,16 @@ def check_target(out_dir: Path, force: bool) -> None:
 
 @contextlib.contextmanager
 def staging_folder(out_dir: Path) -> Iterator[Path]:
-    """A temporary folder beside ``out_dir`` (same file system), removed whatever happens."""
+    """A temporary folder beside ``out_dir`` (same file system), removed whatever happens.
+
+    Named after this process, so that the next export removes a killed export's leftovers.
+    """
     target = out_dir.resolve()  # "." has no name of its own; its resolved path does
+    prefix = f".{target.name}.export-"
     try:
         target.parent.mkdir(parents=True, exist_ok=True)
-        folder = tempfile.mkdtemp(dir=target.parent, prefix=f".{target.name}.export-")
+        remove_stale(target.parent, prefix)
+        folder = tempfile.mkdtemp(dir=target.parent, prefix=temporary_name(prefix))
     except OSError as error:
         raise UserError(f"cannot write next to '{out_dir}' ({error.strerror}): pass a writable --export DIR") from None
     try:

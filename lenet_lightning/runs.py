@@ -201,6 +201,9 @@ class RunCheckpoint(ModelCheckpoint):
                 if state_dict.get(key):
                     state_dict[key] = os.path.join(folder, state_dict[key])
             state_dict["best_k_models"] = {os.path.join(folder, k): v for k, v in state_dict["best_k_models"].items()}
+        best = state_dict.get("best_model_path")
+        if best and not os.path.isfile(best):
+            return  # continued in a new run folder: the old best lies elsewhere, so this run chooses its own
         super().load_state_dict(state_dict)
 
 

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import shutil
 from pathlib import Path
 
 import lightning as L
@@ -95,3 +96,63 @@ def test_run_folders_are_exactly_version_and_digits(small_checkpoint, tmp_path, 
         (experiment / name / "checkpoints" / "last.ckpt").write_bytes(small_checkpoint.read_bytes())
     assert next_version(experiment) == 4
     assert find_last_checkpoint(tmp_path, "lenet").parent.parent.name == "version_3"
+
+
+@pytest.fixture
+def unfinished_run(small_checkpoint, tmp_path) -> Path:
+    """A copy of a train.py run folder whose test results are gone: a run that has not finished."""
+    run_dir = tmp_path / "logs" / "lenet" / "version_0"
+    shutil.copytree(small_checkpoint.parent.parent, run_dir)
+    (run_dir / "test_metrics.json").unlink()
+    return run_dir
+
+
+def test_a_checkpoint_copied_into_your_own_folder_resumes_into_a_new_run_folder(unfinished_run, tmp_path, capsys):
+    mine = tmp_path / "proj"
+    mine.mkdir()
+    (mine / "config.yaml").write_text("my: own file\n")
+    shutil.copy(unfinished_run / "checkpoints" / "last.ckpt", mine / "model.ckpt")
+    main(["--ckpt-path", str(mine / "model.ckpt"), "--log-dir", str(tmp_path / "logs"), "--accelerator", "cpu"])
+    capsys.readouterr()
+    assert (mine / "config.yaml").read_text() == "my: own file\n"
+    assert sorted(p.name for p in mine.iterdir()) == ["config.yaml", "model.ckpt"]
+    assert (tmp_path / "logs" / "lenet" / "version_1" / "test_metrics.json").is_file()
+    assert not (unfinished_run / "test_metrics.json").exists()
+
+
+def test_a_checkpoint_reached_through_a_link_resumes_in_the_folder_it_lies_in(unfinished_run, tmp_path, capsys):
+    link = tmp_path / "latest.ckpt"
+    link.symlink_to(unfinished_run / "checkpoints" / "last.ckpt")
+    main(["--ckpt-path", str(link), "--accelerator", "cpu"])
+    capsys.readouterr()
+    assert (unfinished_run / "test_metrics.json").is_file()
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["latest.ckpt", "logs"]
+
+
+def test_evaluations_on_folders_with_the_same_name_keep_their_own_files(small_checkpoint, cifar_archive, tmp_path):
+    other = tmp_path / "elsewhere" / cifar_archive.name
+    shutil.copytree(cifar_archive, other)
+    for data_dir in (cifar_archive, other):
+        assert run(["--evaluate", "--ckpt-path", str(small_checkpoint), "--data-dir", str(data_dir)]) == 0
+    run_dir = small_checkpoint.parent.parent
+    assert len(list(run_dir.glob(f"eval_{small_checkpoint.stem}_{cifar_archive.name}_*_metrics.json"))) == 2
+
+
+def test_evaluate_prints_only_results_on_stdout(small_checkpoint, capsys):
+    assert run(["--evaluate", "--ckpt-path", str(small_checkpoint)]) == 0
+    out = capsys.readouterr().out
+    assert out.startswith("class") and "it/s" not in out and "Testing" not in out
+
+
+@pytest.mark.parametrize(
+    ("flags", "message"),
+    [
+        (["--evaluate", "--export", "bundle"], "error: --evaluate and --export cannot be combined"),
+        (["--evaluate", "--predict", "x.png"], "error: --evaluate and --predict cannot be combined"),
+        (["--print-config", "--evaluate"], "error: --evaluate and --print-config cannot be combined"),
+    ],
+)
+def test_conflicting_modes_are_refused_in_one_line(flags, message, small_checkpoint, tmp_path, capsys):
+    assert run([*flags, "--ckpt-path", str(small_checkpoint), "--log-dir", str(tmp_path)]) == 2
+    assert error_line(capsys).startswith(message)
+    assert list(tmp_path.iterdir()) == []
