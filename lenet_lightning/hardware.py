@@ -6,31 +6,13 @@ from collections.abc import Mapping
 from typing import Any
 
 import torch
-from lightning.pytorch.strategies import StrategyRegistry
 
 from lenet_lightning.errors import UserError
-
-# Strategy names a Trainer takes besides its registry's.
-STRATEGY_NAMES = ("auto",)
-
-
-def check_strategy(strategy: str) -> None:
-    """A strategy Lightning knows by name (else the Trainer fails later with a traceback)."""
-    # XLA strategies need TPUs, which this project does not support.
-    known = {
-        *STRATEGY_NAMES,
-        *(name for name in StrategyRegistry.available_strategies() if "xla" not in name and "tpu" not in name),
-    }
-    if strategy not in known:
-        raise UserError(
-            f"unknown --strategy {strategy}: use auto (one device), ddp (several devices or nodes) or ddp_spawn"
-        )
 
 
 def check_hardware(settings: Mapping[str, Any]) -> None:
     """Fail early, in one line, on hardware requests this machine cannot meet."""
     accelerator, precision = settings["accelerator"], settings["precision"]
-    check_strategy(settings["strategy"])
     if accelerator in ("gpu", "cuda") and not torch.cuda.is_available():
         raise UserError("--accelerator gpu: PyTorch sees no CUDA GPU here; use --accelerator cpu (or auto)")
     uses_cpu = accelerator == "cpu" or (accelerator == "auto" and not torch.cuda.is_available())

@@ -27,6 +27,7 @@ from pathlib import Path
 from typing import Any, Literal, get_args, get_origin
 
 import yaml
+from lightning.pytorch.strategies import StrategyRegistry
 
 from lenet_lightning.data import CIFAR10DataModule
 from lenet_lightning.errors import SettingError, UserError
@@ -85,7 +86,7 @@ class RunOptions:
         check_float("ema_decay", self.ema_decay, minimum=0, below=1)
         check_choice("accelerator", self.accelerator, get_args(AcceleratorName))
         check_devices(self.devices)
-        check_path("strategy", self.strategy)
+        check_strategy(self.strategy)
         check_int("num_nodes", self.num_nodes, minimum=1)
         check_choice("precision", self.precision, PRECISIONS)
         check_bool("deterministic", self.deterministic)
@@ -95,6 +96,16 @@ class RunOptions:
             raise SettingError("name", f"must be a plain folder name, got {self.name!r}")
         check_int("checkpoint_every_n_steps", self.checkpoint_every_n_steps, minimum=0)
         check_int("log_every_n_steps", self.log_every_n_steps, minimum=1)
+
+
+def check_strategy(strategy: Any) -> None:
+    """A strategy Lightning knows by name (else the Trainer fails later, with a traceback).
+
+    XLA strategies need TPUs, which this project does not support.
+    """
+    known = ["auto", *(name for name in StrategyRegistry.available_strategies() if not re.search("xla|tpu", name))]
+    if strategy not in known:
+        raise SettingError("strategy", f"must be auto, ddp, ddp_spawn or another of Lightning's, got {strategy!r}")
 
 
 def check_devices(devices: Any) -> None:

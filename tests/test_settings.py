@@ -74,6 +74,7 @@ BAD_CONFIG = {
     "accelerator: tpu": "accelerator must be one of auto, cpu, gpu, cuda, mps, got 'tpu'",
     "hflip: 'no'": "hflip must be true or false, got 'no'",
     "optimizer: lbfgs": "optimizer must be one of sgd, adamw, got 'lbfgs'",
+    "strategy: nonsense": "strategy must be auto, ddp, ddp_spawn or another of Lightning's, got 'nonsense'",
 }
 
 
@@ -111,7 +112,7 @@ def test_a_config_file_no_run_can_read_is_one_line(content, message, tmp_path, c
         (["--weight-decay", "nan"], "error: --weight-decay must be a finite number, got nan"),
         (["--val-size", "0"], "error: --val-size must be at least 1, got 0"),
         (["--accelerator", "tpu"], "error: argument --accelerator: invalid choice: 'tpu'"),
-        (["--strategy", "nonsense"], "error: unknown --strategy nonsense: use auto"),
+        (["--strategy", "nonsense"], "error: --strategy must be auto, ddp, ddp_spawn or another of Lightning's, got"),
         (["--devices", "two"], "error: --devices must be auto, a number of devices or a list like 0,1, got 'two'"),
     ],
 )
