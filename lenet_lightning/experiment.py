@@ -169,12 +169,13 @@ def _train(
     else:
         run_dir, created = new_run_dir(settings)  # a new run, or the continuation of a checkpoint from elsewhere
     writes = launch_rank() == 0 and not fast_dev_run
-    with removed_unless_started(created):
+    start = TrainingStart()
+    with removed_unless_started(created, start):
         if writes:
             (run_dir / "config.yaml").write_text(dump_config(settings))
         logger = build_logger(run_dir)
         folder = RunFolderSync(run_dir)
-        trainer = build_trainer(options, logger, run_dir, fast_dev_run, [SaveRunOptions(options), folder, *callbacks])
+        trainer = build_trainer(options, logger, run_dir, fast_dev_run, [SaveRunOptions(options), folder, start, *callbacks])
         fit(trainer, model, datamodule, resume_from)
     # "best" unless no checkpoint was chosen here (a fast dev run; a resumed run that had already ended).
     best = (
@@ -204,20 +205,34 @@ def launch_rank() -> int:
 
 
 @contextlib.contextmanager
-def removed_unless_started(created: list[Path]) -> Iterator[None]:
-    """On failure, remove the folders this run created (run folder first) while they hold nothing but config.yaml.
+def removed_unless_started(created: list[Path], start: TrainingStart) -> Iterator[None]:
+    """On a failure before training started, remove the folders this run created (run folder first).
 
     Data and Trainer problems surface after the run folder was claimed (``prepare_data`` and
-    ``setup`` run inside ``fit``): a run that never started leaves no folder and no empty
-    parent, so a failed start does not shift the numbers of later runs either.
+    ``setup`` run inside ``fit``, after Lightning has opened the event file): a run that never
+    started leaves no folder and no empty parent, so a failed start does not shift the
+    numbers of later runs either. Parents are removed only when empty.
     """
     try:
         yield
     except BaseException:
-        for folder in created:
-            if folder.is_dir() and {p.name for p in folder.iterdir()} <= {"config.yaml"}:
-                shutil.rmtree(folder, ignore_errors=True)
+        if not start.started and created:
+            shutil.rmtree(created[0], ignore_errors=True)
+            for parent in created[1:]:
+                with contextlib.suppress(OSError):
+                    parent.rmdir()
         raise
+
+
+class TrainingStart(Callback):
+    """Knows whether training has started: a run folder with a started run is kept, whatever happens next."""
+
+    def __init__(self) -> None:
+        self.started = False
+
+    @override
+    def on_train_start(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
+        self.started = True
 
 
 def fit(trainer: L.Trainer, model: LeNetClassifier, datamodule: CIFAR10DataModule, resume_from: Path | None) -> None:

@@ -158,6 +158,8 @@ def test_bad_input_gets_one_line_naming_problem_and_fix_and_exit_code_2(case, ci
     assert err.startswith("error: ") and err.count("\n") == lines, err
     assert BAD_INPUT[case] in err
     assert not list((tmp_path / "logs").rglob("*.ckpt")), "refused before training"
+    if case not in ("log folder not writable", "--ckpt-path last without runs"):  # they made logs/ themselves
+        assert not (tmp_path / "logs").exists(), "no run folder and no empty parent is left"
 
 
 def test_debug_shows_the_traceback_instead(tmp_path):
