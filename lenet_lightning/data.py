@@ -9,17 +9,12 @@ import lightning as L
 import torch
 from typing_extensions import override
 
+from lenet_lightning.archive import download_archive, unpack_local_archive
 from lenet_lightning.batches import PAD_MODES, Augmentation, BatchTransform, EpochShardSampler, TensorBatchLoader
 from lenet_lightning.cifar10 import ARCHIVE_NAME, CLASSES, default_cache_dir, resolve_normalization
 from lenet_lightning.download import notice, source_urls
 from lenet_lightning.errors import UserError
-from lenet_lightning.sources import (
-    Split,
-    detect_source,
-    download_archive,
-    load_split,
-    unpack_local_archive,
-)
+from lenet_lightning.sources import Split, detect_source, load_split
 
 
 class CIFAR10DataModule(L.LightningDataModule):

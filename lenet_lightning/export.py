@@ -28,17 +28,14 @@ import torch
 from torch import Tensor, nn
 
 import lenet_lightning
+from lenet_lightning.archive import load_archive_split
 from lenet_lightning.cifar10 import ARCHIVE_FOLDER, CLASSES, default_cache_dir, resolve_normalization
 from lenet_lightning.errors import UserError
+from lenet_lightning.image_folders import list_image_folder
 from lenet_lightning.model import LeNet5
 from lenet_lightning.runs import SETTINGS_KEY, load_checkpoint, run_dir_of
 from lenet_lightning.settings import RECIPES
-from lenet_lightning.sources import (
-    detect_source,
-    list_image_folder,
-    load_archive_split,
-    load_split,
-)
+from lenet_lightning.sources import detect_source, load_split
 
 EXPORT_EXTRA = ("onnx", "onnxruntime", "onnxscript")
 MISSING_EXTRA = '--export needs the export extra (onnx, onnxruntime, onnxscript): pip install -e ".[export]"'

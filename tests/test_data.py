@@ -10,7 +10,8 @@ import pytest
 import torch
 from PIL import Image
 
-from lenet_lightning import CIFAR10_CLASSES, CIFAR10_MEAN, CIFAR10_STD, CIFAR10DataModule, sources
+from lenet_lightning import CIFAR10_CLASSES, CIFAR10_MEAN, CIFAR10_STD, CIFAR10DataModule, image_folders
+from lenet_lightning import archive as official
 from lenet_lightning.batches import BatchTransform, EpochShardSampler, TensorBatchLoader, augment
 from lenet_lightning.errors import UserError
 from tests.conftest import synthetic_images
@@ -36,7 +37,7 @@ def test_archive_split_sizes_and_dtypes(cifar_archive):
 
 
 def test_archive_images_and_labels_are_the_pickled_ones(cifar_archive):
-    images, labels = sources.load_archive_split(cifar_archive / "cifar-10-batches-py", train=False)
+    images, labels = official.load_archive_split(cifar_archive / "cifar-10-batches-py", train=False)
     expected_images, expected_labels = synthetic_images(20, seed=1)
     assert torch.equal(images, torch.from_numpy(expected_images))
     assert labels.tolist() == expected_labels.tolist()
@@ -112,7 +113,7 @@ def test_decode_cache_is_reused_and_invalidated(image_folder, isolated_cache, mo
     def no_decoding(files):
         raise AssertionError("decoded again although the cache is valid")
 
-    monkeypatch.setattr(sources, "decode_files", no_decoding)
+    monkeypatch.setattr(image_folders, "decode_files", no_decoding)
     make_dm(image_folder, val_size=10).setup("fit")  # served from the cache
 
     changed = image_folder / "train" / "cat" / "0003.png"
@@ -285,7 +286,7 @@ def test_16_bit_png_keeps_its_pixels(tmp_path):
     ramp = (np.arange(32 * 32, dtype=np.uint32).reshape(32, 32) * 64).astype(np.uint16)  # 0 .. 65472
     Image.fromarray(ramp).save(tmp_path / "deep.png")
     assert Image.open(tmp_path / "deep.png").mode.startswith("I;16")
-    image = sources.read_image(tmp_path / "deep.png")
+    image = image_folders.read_image(tmp_path / "deep.png")
     assert image.dtype == torch.uint8 and image.shape == (3, 32, 32)
     assert torch.equal(image[0], image[2]) and image.min() == 0 and image.max() == 255
     assert torch.equal(image[0], torch.from_numpy(np.rint(ramp / 65535 * 255).astype(np.uint8)))
@@ -296,7 +297,7 @@ def test_16_bit_png_keeps_its_pixels(tmp_path):
 
 def decoded_once(image_folder: Path, cache: Path) -> tuple[torch.Tensor, torch.Tensor, Path]:
     """The test split decoded into ``cache``, and the cache file written for it."""
-    images, labels = sources.load_folder_split(image_folder / "test", cache)
+    images, labels = image_folders.load_folder_split(image_folder / "test", cache)
     (path,) = cache.glob("*.pt")
     return images, labels, path
 
@@ -326,12 +327,12 @@ def test_a_damaged_cache_is_rebuilt_with_a_notice(case, image_folder, isolated_c
     images, labels, path = decoded_once(image_folder, isolated_cache)
     spoil_cache(case, path, images)
     capsys.readouterr()
-    again, again_labels = sources.load_folder_split(image_folder / "test", isolated_cache)
+    again, again_labels = image_folders.load_folder_split(image_folder / "test", isolated_cache)
     assert torch.equal(again, images) and torch.equal(again_labels, labels)
     lines = capsys.readouterr().err.splitlines()
     assert len(lines) == 1 and lines[0].startswith(f"the decoded-image cache '{path}' is damaged"), lines
     assert lines[0].endswith("decoding the images again")
-    sources.load_folder_split(image_folder / "test", isolated_cache)
+    image_folders.load_folder_split(image_folder / "test", isolated_cache)
     assert capsys.readouterr().err == ""  # rebuilt: intact from now on
 
 
@@ -352,7 +353,7 @@ def test_an_unwritable_cache_warns_and_loading_goes_on(case, image_folder, isola
         cache.write_text("not a folder")
     else:  # as root, chmod would not stop the write: fail the way the system would instead
         monkeypatch.setattr(torch, "save", fail_writing(errno.ENOSPC if case == "disk full" else errno.EACCES))
-    images, labels = sources.load_folder_split(image_folder / "test", cache)
+    images, labels = image_folders.load_folder_split(image_folder / "test", cache)
     assert images.shape == (30, 3, 32, 32) and len(labels) == 30
     lines = capsys.readouterr().err.splitlines()
     assert len(lines) == 1 and lines[0].startswith("warning: cannot write the decoded-image cache"), lines
@@ -367,11 +368,11 @@ def test_a_broken_link_image_is_named(image_folder):
 
 
 def test_decoding_a_cold_cache_shows_progress(image_folder, isolated_cache, monkeypatch, capsys):
-    monkeypatch.setattr(sources, "DECODE_PROGRESS_AFTER_S", 0.0)  # these few images decode at once
-    sources.load_folder_split(image_folder / "train", isolated_cache)
+    monkeypatch.setattr(image_folders, "DECODE_PROGRESS_AFTER_S", 0.0)  # these few images decode at once
+    image_folders.load_folder_split(image_folder / "train", isolated_cache)
     lines = capsys.readouterr().err.splitlines()
     assert len(lines) == 2, lines  # no terminal here: a line when it starts, one when it ends
     assert lines[0].startswith(f"decoding 80 images in '{image_folder / 'train'}' (once, then cached)")
     assert re.fullmatch(r"decoded 80 images in \d+ s", lines[1])
-    sources.load_folder_split(image_folder / "train", isolated_cache)
+    image_folders.load_folder_split(image_folder / "train", isolated_cache)
     assert capsys.readouterr().err == ""  # from the cache: nothing to wait for

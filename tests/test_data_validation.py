@@ -13,7 +13,8 @@ import numpy as np
 import pytest
 import torch
 
-from lenet_lightning import CIFAR10DataModule, sources
+from lenet_lightning import CIFAR10DataModule
+from lenet_lightning import archive as official
 from lenet_lightning.cli import run
 from lenet_lightning.errors import UserError
 from tests.conftest import batch_pickle, synthetic_images, write_image_folder
@@ -70,7 +71,7 @@ def batches(archive: Path) -> Path:
 def test_official_python2_batches_are_read(archive):
     images, labels = synthetic_images(20, seed=1)
     (batches(archive) / "test_batch").write_bytes(python2_batch_pickle(images.reshape(200, -1), labels.tolist()))
-    read_images, read_labels = sources.load_archive_split(batches(archive), train=False)
+    read_images, read_labels = official.load_archive_split(batches(archive), train=False)
     assert torch.equal(read_images, torch.from_numpy(images)) and read_labels.tolist() == labels.tolist()
 
 
@@ -78,7 +79,7 @@ def test_batches_with_str_keys_are_read(archive):
     images, labels = synthetic_images(20, seed=1)
     batch = {"data": images.reshape(200, -1), "labels": labels.tolist()}
     (batches(archive) / "test_batch").write_bytes(pickle.dumps(batch, protocol=4))
-    assert torch.equal(sources.load_archive_split(batches(archive), train=False)[0], torch.from_numpy(images))
+    assert torch.equal(official.load_archive_split(batches(archive), train=False)[0], torch.from_numpy(images))
 
 
 def spoiled_batch(case: str) -> bytes:
@@ -115,7 +116,7 @@ INVALID_BATCHES = {
 def test_an_invalid_batch_is_refused_naming_the_file_and_the_fix(case, archive):
     (batches(archive) / "test_batch").write_bytes(spoiled_batch(case))
     with pytest.raises(UserError) as refused:
-        sources.load_archive_split(batches(archive), train=False)
+        official.load_archive_split(batches(archive), train=False)
     message = str(refused.value)
     assert INVALID_BATCHES[case] in message and "test_batch" in message, message
     assert message.endswith("download again, or put the official archive's cifar-10-batches-py/ there")
@@ -147,7 +148,7 @@ def test_a_batch_that_would_run_code_is_refused_before_anything_runs(archive, tm
     marker = tmp_path / "ran"
     (batches(archive) / "data_batch_2").write_bytes(malicious_batch(marker))
     with pytest.raises(UserError, match=r"refused to read '.*data_batch_2': .* could run code \(it asks for "):
-        sources.load_archive_split(batches(archive), train=True)
+        official.load_archive_split(batches(archive), train=True)
     assert not marker.exists()
 
 

@@ -24,6 +24,7 @@ import pytest
 import torch
 
 from lenet_lightning import CIFAR10DataModule, download, sources
+from lenet_lightning import archive as official
 from lenet_lightning.cli import main, run
 from lenet_lightning.download import Limits
 from lenet_lightning.errors import UserError
@@ -155,7 +156,7 @@ def serve(archive) -> Iterator[Callable[..., Mirror]]:
 @pytest.fixture
 def official_md5_is(md5, monkeypatch) -> None:
     """Code that uses the default md5 (the DataModule, the command line) accepts the tiny archive."""
-    monkeypatch.setattr(sources, "ARCHIVE_MD5", md5)
+    monkeypatch.setattr(official, "ARCHIVE_MD5", md5)
 
 
 def visible(data_dir: Path) -> list[str]:
@@ -196,7 +197,7 @@ def dropped_notices(capsys) -> list[str]:
 def test_a_failing_source_is_dropped_in_one_line_for_the_next(answer, reason, serve, md5, tmp_path, capsys):
     bad, good = serve(answer), serve()
     started = time.monotonic()
-    sources.download_archive(tmp_path / "data", [bad.url, good.url], md5, limits=FAST)
+    official.download_archive(tmp_path / "data", [bad.url, good.url], md5, limits=FAST)
     assert time.monotonic() - started < 5
     dropped = dropped_notices(capsys)
     assert len(dropped) == 1 and re.fullmatch(rf"dropped {bad.host}: {reason}; trying {good.host}", dropped[0])
@@ -207,7 +208,7 @@ def test_a_failing_source_is_dropped_in_one_line_for_the_next(answer, reason, se
 def test_the_last_source_is_never_dropped_for_being_slow(serve, md5, tmp_path, capsys):
     impatient = Limits(stall_s=2.0, max_left_s=1e-9, judge_after_s=0.0)  # every source is "too slow"
     first, last = serve(), serve()
-    sources.download_archive(tmp_path / "data", [first.url, last.url], md5, limits=impatient)
+    official.download_archive(tmp_path / "data", [first.url, last.url], md5, limits=impatient)
     dropped = dropped_notices(capsys)
     assert len(dropped) == 1 and dropped[0].startswith(f"dropped {first.host}: too slow")
     assert last.log == [{"range": None, "sent": len(last.archive)}]
@@ -218,7 +219,7 @@ def test_all_sources_failing_gives_one_line_each_then_what_to_do(serve, md5, tmp
     failing = [serve("redirect-closed"), serve("missing"), serve("html"), serve("truncated", "truncated", "truncated")]
     data_dir = tmp_path / "data"
     with pytest.raises(UserError) as caught:
-        sources.download_archive(data_dir, [mirror.url for mirror in failing], md5, limits=FAST)
+        official.download_archive(data_dir, [mirror.url for mirror in failing], md5, limits=FAST)
     lines = str(caught.value).splitlines()
     assert lines[0] == f"no CIFAR-10 data in '{data_dir}', and no source delivered cifar-10-python.tar.gz:"
     assert re.fullmatch(rf"  {re.escape(failing[0].url)}: redirected to 127\.0\.0\.1:\d+: connection refused", lines[1])
@@ -241,7 +242,7 @@ def test_a_bad_download_leaves_an_existing_data_folder_as_it_was(serve, md5, tmp
     data_dir.mkdir()
     (data_dir / "notes.txt").write_text("mine")
     with pytest.raises(UserError, match="HTTP 404"):
-        sources.download_archive(data_dir, [serve("missing").url], md5, limits=FAST)
+        official.download_archive(data_dir, [serve("missing").url], md5, limits=FAST)
     assert visible(data_dir) == ["notes.txt"] and (data_dir / "notes.txt").read_text() == "mine"
 
 
@@ -250,7 +251,7 @@ def test_a_bad_download_leaves_an_existing_data_folder_as_it_was(serve, md5, tmp
 
 def test_a_broken_connection_is_resumed_with_range(serve, md5, tmp_path, capsys):
     mirror = serve("truncated", "good")
-    sources.download_archive(tmp_path / "data", [mirror.url], md5, limits=FAST)
+    official.download_archive(tmp_path / "data", [mirror.url], md5, limits=FAST)
     first, second = mirror.log
     assert first["sent"] == len(mirror.archive) // 2
     assert second == {"range": f"bytes={first['sent']}-", "sent": len(mirror.archive) - first["sent"]}
@@ -269,26 +270,26 @@ def test_ctrl_c_leaves_a_hidden_partial_file_that_the_next_run_resumes(serve, md
 
     monkeypatch.setattr(download.Progress, "update", ctrl_c_midway)
     with pytest.raises(KeyboardInterrupt):
-        sources.download_archive(data_dir, [mirror.url], md5, limits=FAST)
+        official.download_archive(data_dir, [mirror.url], md5, limits=FAST)
     assert_clean(data_dir)
     kept = (data_dir / ".cifar-10-python.tar.gz.part").stat().st_size
     assert 0 < kept < len(mirror.archive)
     monkeypatch.setattr(download.Progress, "update", update)
-    sources.download_archive(data_dir, [mirror.url], md5, limits=FAST)
+    official.download_archive(data_dir, [mirror.url], md5, limits=FAST)
     assert mirror.log[1] == {"range": f"bytes={kept}-", "sent": len(mirror.archive) - kept}
     assert_unpacked(data_dir)
 
 
 def test_a_server_that_ignores_range_sends_it_all_again_and_that_is_used(serve, md5, tmp_path):
     mirror = serve("truncated", "ignore-range")
-    sources.download_archive(tmp_path / "data", [mirror.url], md5, limits=FAST)
+    official.download_archive(tmp_path / "data", [mirror.url], md5, limits=FAST)
     assert mirror.log[1] == {"range": f"bytes={len(mirror.archive) // 2}-", "sent": len(mirror.archive)}
     assert_unpacked(tmp_path / "data")
 
 
 def test_a_server_that_cannot_resume_is_asked_for_the_whole_file_again(serve, md5, tmp_path):
     mirror = serve("truncated", "range-not-satisfiable", "good")
-    sources.download_archive(tmp_path / "data", [mirror.url], md5, limits=FAST)
+    official.download_archive(tmp_path / "data", [mirror.url], md5, limits=FAST)
     assert [entry["range"] for entry in mirror.log] == [None, f"bytes={len(mirror.archive) // 2}-", None]
     assert_unpacked(tmp_path / "data")
 
@@ -299,7 +300,7 @@ def test_a_download_complete_before_a_crash_is_unpacked_without_downloading_agai
     data_dir.mkdir()
     partial.start(closed_port_url(), None, len(archive))
     partial.path.write_bytes(archive)  # then the run was killed while unpacking
-    sources.download_archive(data_dir, [closed_port_url()], md5, limits=FAST)
+    official.download_archive(data_dir, [closed_port_url()], md5, limits=FAST)
     assert_unpacked(data_dir)
 
 
@@ -309,11 +310,11 @@ def test_a_download_complete_before_a_crash_is_unpacked_without_downloading_agai
 def test_two_processes_downloading_into_one_folder_download_once(serve, md5, tmp_path):
     mirror, data_dir = serve("held"), tmp_path / "data"
     # The package's __init__ imports Lightning (seconds on a busy machine); the download needs only
-    # lenet_lightning.sources, so each process imports that module alone.
+    # lenet_lightning.archive, so each process imports that module alone.
     code = (
         "import sys, types; from pathlib import Path; package = types.ModuleType('lenet_lightning'); "
         "package.__path__ = [sys.argv[4]]; sys.modules['lenet_lightning'] = package; "
-        "from lenet_lightning.sources import download_archive; "
+        "from lenet_lightning.archive import download_archive; "
         "download_archive(Path(sys.argv[1]), [sys.argv[2]], sys.argv[3])"
     )
     env = {**os.environ, "PYTHONPATH": str(ROOT)}

@@ -1,0 +1,237 @@
+"""Image folders (``train/<class>/*.png``, ``test/<class>/*.jpg``): listing, decoding, caching.
+
+A folder is decoded once into ``uint8`` tensors and cached in a checksummed file named
+after its fingerprint, so later runs read one file instead of 60,000 images.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import os
+import sys
+import time
+import uuid
+from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+from PIL import Image
+from torch import Tensor
+from torch.nn import functional as F
+from tqdm import tqdm
+
+from lenet_lightning.cifar10 import CLASSES, IMAGE_SIZE, IMAGE_SUFFIXES
+from lenet_lightning.errors import UserError
+from lenet_lightning.progress import notice
+
+Split = tuple[Tensor, Tensor]
+
+
+def list_image_folder(folder: Path) -> list[tuple[str, int]]:
+    """Every image file under ``folder/<class>/`` (as a path string) with its label, in a stable order.
+
+    Plain strings from ``os.scandir``, not ``Path`` objects: for the 50,000 files of
+    CIFAR-10, building ``Path`` objects took longer than listing and stat-ing the files.
+    """
+    if not folder.is_dir():
+        raise UserError(f"'{folder}' is missing: an image folder needs train/<class>/ and test/<class>/")
+    found = sorted(entry.name for entry in folder.iterdir() if entry.is_dir())
+    if sorted(found) != sorted(CLASSES):
+        raise UserError(
+            f"class folders in '{folder}' are {found}; rename them to the ten CIFAR-10 classes: {', '.join(CLASSES)}"
+        )
+    files = []
+    for label, name in enumerate(CLASSES):
+        with os.scandir(folder / name) as entries:
+            paths = sorted(entry.path for entry in entries if entry.name.lower().endswith(IMAGE_SUFFIXES))
+        files += [(path, label) for path in paths]
+    if not files:
+        raise UserError(f"no .png or .jpg images under '{folder}': copy the images into its class folders")
+    return files
+
+
+def folder_fingerprint(files: list[tuple[str, int]]) -> str:
+    """A hash of names, sizes and modification times: changes when the folder does."""
+    lines = []
+    for path, label in files:
+        try:
+            stat = os.stat(path)
+        except OSError as error:  # e.g. a link whose target is gone
+            reason = "a link to a missing file" if os.path.islink(path) else error.strerror or str(error)
+            raise UserError(f"cannot read image '{path}' ({reason}): replace or delete the file") from None
+        lines.append(f"{CLASSES[label]}/{os.path.basename(path)}:{label}:{stat.st_size}:{stat.st_mtime_ns}\n")
+    return hashlib.sha256("".join(lines).encode()).hexdigest()[:20]
+
+
+def load_folder_split(folder: Path, cache_dir: Path) -> Split:
+    """Load an image folder, decoding it once and reusing a checksummed cache file afterwards.
+
+    The cache lives in ``cache_dir`` (not the data folder, which may be read-only)
+    and its name holds the folder's fingerprint, so a changed folder is decoded again.
+    A damaged cache is decoded again and replaced; one that cannot be written costs
+    only the decoding time of the next run.
+    """
+    files = list_image_folder(folder)
+    path = cache_dir / f"{folder.resolve().parent.name}-{folder.name}-{folder_fingerprint(files)}.pt"
+    labels = torch.tensor([label for _, label in files], dtype=torch.int64)
+    images = read_cache(path, labels)
+    if images is None:
+        images, labels = decode_files(files)
+        write_cache(path, images, labels)
+    return images, labels
+
+
+def split_digest(images: Tensor, labels: Tensor) -> str:
+    """sha256 of the images' and labels' bytes: the cache's checksum."""
+    digest = hashlib.sha256(images.contiguous().numpy().data)
+    digest.update(labels.contiguous().numpy().data)
+    return digest.hexdigest()
+
+
+def read_cache(path: Path, labels: Tensor) -> Tensor | None:
+    """The cached images of a folder with these ``labels``, or ``None`` when there is no intact cache.
+
+    A cache that is truncated, overwritten, unreadable or incomplete gets one line on
+    stderr and is ignored, so the caller decodes the images again and replaces it.
+    """
+    if not path.exists():
+        return None
+    try:
+        cached = torch.load(path, weights_only=True)
+    except Exception as error:  # whatever makes a cache unreadable, the cure is the same: decode again
+        problem: str | None = f"unreadable: {type(error).__name__}"
+    else:
+        problem = _cache_problem(cached, labels)
+    if problem is None:
+        return cached["images"]
+    notice(f"the decoded-image cache '{path}' is damaged ({problem}): decoding the images again")
+    return None
+
+
+def _cache_problem(cached: Any, labels: Tensor) -> str | None:
+    """What is wrong with a loaded cache for a folder with these ``labels``, or ``None``."""
+    if not isinstance(cached, dict) or not {"images", "labels", "sha256"} <= cached.keys():
+        return "images, labels or checksum missing"
+    images, cached_labels = cached["images"], cached["labels"]
+    expected_shape = (len(labels), 3, IMAGE_SIZE, IMAGE_SIZE)
+    if not isinstance(images, Tensor) or images.dtype != torch.uint8 or images.shape != expected_shape:
+        return "images of the wrong type or number"
+    if not isinstance(cached_labels, Tensor) or cached_labels.dtype != labels.dtype:
+        return "labels of the wrong type"
+    if not torch.equal(cached_labels, labels):
+        return "labels that differ from the folder's"
+    if cached["sha256"] != split_digest(images, labels):
+        return "checksum mismatch: its bytes changed after it was written"
+    return None
+
+
+def write_cache(path: Path, images: Tensor, labels: Tensor) -> None:
+    """Save decoded images with their checksum; when that fails, say so in one line and go on.
+
+    The file is written under a name unique to this writer, then renamed, so a killed
+    run never leaves a truncated cache and concurrent writers never remove each other's
+    files; a failed write removes its own temporary file.
+    """
+    tmp = path.with_name(f"{path.name}.{uuid.uuid4().hex}.tmp")
+    try:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        try:
+            with tmp.open("wb") as file:
+                torch.save({"images": images, "labels": labels, "sha256": split_digest(images, labels)}, file)
+            os.replace(tmp, path)
+        finally:
+            tmp.unlink(missing_ok=True)
+    except OSError as error:
+        notice(
+            f"warning: cannot write the decoded-image cache '{path}' ({error.strerror or error}): going on "
+            "without it, the next run decodes the images again; pass a writable --cache-dir"
+        )
+
+
+# Decoding shows progress only when it lasts longer than this (a few small folders decode at once).
+DECODE_PROGRESS_AFTER_S = 1.0
+
+
+def decode_files(files: list[tuple[str, int]]) -> Split:
+    """Decode image files into ``uint8`` images ``(N, 3, 32, 32)`` and their labels, showing progress.
+
+    Progress goes to stderr: a tqdm bar on a terminal, else a line when decoding
+    starts and one when it ends; neither when it takes under ``DECODE_PROGRESS_AFTER_S``.
+    """
+    folder = Path(files[0][0]).parent.parent if files else Path()
+    # Pillow releases the GIL while decoding, so threads use every core.
+    with DecodeProgress(len(files), folder) as progress, ThreadPoolExecutor(os.cpu_count() or 1) as pool:
+        images = [progress.step(image) for image in pool.map(lambda item: read_image(item[0]), files)]
+    labels = torch.tensor([label for _, label in files], dtype=torch.int64)
+    return torch.stack(images), labels
+
+
+class DecodeProgress:
+    """Progress of decoding ``total`` images from ``folder`` on stderr, once it lasts long enough to matter."""
+
+    def __init__(self, total: int, folder: Path) -> None:
+        self.total, self.folder, self.done = total, folder, 0
+        self.started = time.monotonic()
+        self.announced = False
+        self.bar = None
+        if sys.stderr.isatty():
+            self.bar = tqdm(
+                total=total,
+                desc=f"decoding {folder} (once, then cached)",
+                unit="img",
+                file=sys.stderr,
+                mininterval=1.0,
+                delay=DECODE_PROGRESS_AFTER_S,
+                leave=False,
+            )
+
+    def __enter__(self) -> DecodeProgress:
+        return self
+
+    def __exit__(self, *exc_info: object) -> None:
+        if self.bar is not None:
+            self.bar.close()
+        elif self.announced and exc_info[0] is None:
+            notice(f"decoded {self.done} images in {time.monotonic() - self.started:.0f} s")
+
+    def step(self, image: Tensor) -> Tensor:
+        """Count one decoded image; returns it."""
+        self.done += 1
+        if self.bar is not None:
+            self.bar.update()
+        elif not self.announced and time.monotonic() - self.started >= DECODE_PROGRESS_AFTER_S:
+            self.announced = True
+            notice(f"decoding {self.total} images in '{self.folder}' (once, then cached): {self.done} done")
+        return image
+
+
+def read_image(path: str | Path) -> Tensor:
+    """Decode one image file as a ``uint8`` RGB tensor of shape ``(3, 32, 32)``.
+
+    Grey, palette and alpha images become RGB; 16- and 32-bit grey images (which
+    Pillow's RGB conversion clips to white) are scaled to 8 bits first; other sizes
+    are resized. Pillow, not ``torchvision.io``: torchvision 0.29 deprecates its
+    image decoding in favour of TorchCodec.
+    """
+    try:
+        with Image.open(path) as file:
+            if file.mode.startswith("I"):  # I;16, I;16B, I: integer grey, up to 16 significant bits
+                grey = np.asarray(file, dtype=np.float64) * (255.0 / 65535.0)
+                pixels = np.repeat(np.rint(grey).clip(0, 255).astype(np.uint8)[:, :, None], 3, axis=2)
+            else:
+                pixels = np.asarray(file.convert("RGB"))
+    except (OSError, ValueError, Image.DecompressionBombError) as error:
+        raise UserError(f"cannot read image '{path}' ({error}): replace or delete the file") from None
+    return resize_to_cifar(torch.from_numpy(pixels.copy()).permute(2, 0, 1))
+
+
+def resize_to_cifar(image: Tensor) -> Tensor:
+    """Resize a ``uint8`` ``(3, H, W)`` image to 32x32 (antialiased bilinear), unchanged if it already is."""
+    if image.shape[-2:] == (IMAGE_SIZE, IMAGE_SIZE):
+        return image
+    resized = F.interpolate(
+        image[None].float(), size=(IMAGE_SIZE, IMAGE_SIZE), mode="bilinear", antialias=True, align_corners=False
+    )
+    return resized[0].round().clamp(0, 255).to(torch.uint8)
