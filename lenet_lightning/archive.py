@@ -123,7 +123,9 @@ def _batch_problem(data: Any, labels: Any) -> str | None:
         return f"'data' is {found}, expected an array of shape (N, 3072) (each row: 1024 red, green, blue values)"
     if data.dtype.kind not in "ui" or (data.dtype != np.uint8 and data.size and (data.min() < 0 or data.max() > 255)):
         return f"'data' holds {data.dtype} values, expected 8-bit pixels (0..255)"
-    values = np.asarray(labels) if isinstance(labels, list | np.ndarray) else None
+    if len(data) == 0:
+        return "it holds no images"  # an empty test split would fail only after the whole training run
+    values = _label_array(labels)
     if values is None or values.ndim != 1 or (values.size and values.dtype.kind not in "ui"):
         return "'labels' is not a list of class numbers"
     if len(values) != len(data):
@@ -131,6 +133,16 @@ def _batch_problem(data: Any, labels: Any) -> str | None:
     if values.size and (values.min() < 0 or values.max() >= len(CLASSES)):
         return f"its labels range from {values.min()} to {values.max()}, expected 0..{len(CLASSES) - 1}"
     return None
+
+
+def _label_array(labels: Any) -> np.ndarray | None:
+    """``labels`` as an array, or ``None`` when it is not a list or array (or a ragged list numpy refuses)."""
+    if not isinstance(labels, list | np.ndarray):
+        return None
+    try:
+        return np.asarray(labels)
+    except (ValueError, TypeError):  # ragged nesting: numpy refuses to make an array of it
+        return None
 
 
 def download_archive(

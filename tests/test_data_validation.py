@@ -96,6 +96,12 @@ def spoiled_batch(case: str) -> bytes:
         batch["data"] = flat / 255.0
     elif case == "no labels":
         del batch["labels"]
+    elif case == "no images":
+        batch = {"data": flat[:0], "labels": []}
+    elif case == "ragged labels":
+        batch["labels"] = [[label] * (index % 2 + 1) for index, label in enumerate(label_list)]
+    elif case == "nested labels":
+        batch["labels"] = [[label] for label in label_list]
     elif case == "truncated":
         return batch_pickle(images, label_list, "testing batch 1 of 1")[:5000]
     return pickle.dumps(batch, protocol=4)
@@ -108,6 +114,9 @@ INVALID_BATCHES = {
     "label -1": "labels range from -1 to 9, expected 0..9",
     "float pixels": "'data' holds float64 values, expected 8-bit pixels",
     "no labels": "'labels' is not a list of class numbers",
+    "no images": "it holds no images",
+    "ragged labels": "'labels' is not a list of class numbers",
+    "nested labels": "'labels' is not a list of class numbers",
     "truncated": "cannot read '",
 }
 
@@ -163,13 +172,15 @@ def test_fit_setup_loads_the_test_split_too(archive):
     assert len(fit_setup(archive).test_split[1]) == 200  # loaded before training, not after
 
 
-@pytest.mark.parametrize("spoil", ["missing", "corrupt"])
+@pytest.mark.parametrize("spoil", ["missing", "corrupt", "no images"])
 def test_a_broken_test_batch_stops_fit_setup(spoil, archive):
     test_batch = batches(archive) / "test_batch"
     if spoil == "missing":
         test_batch.unlink()
-    else:
+    elif spoil == "corrupt":
         test_batch.write_bytes(b"\x80\x04garbage")
+    else:
+        test_batch.write_bytes(spoiled_batch("no images"))
     with pytest.raises(UserError, match="test_batch"):
         fit_setup(archive)
 
