@@ -21,7 +21,7 @@ import numpy as np
 import torch
 from typing_extensions import override
 
-from lenet_lightning.cifar10 import ARCHIVE_FOLDER, ARCHIVE_MD5, ARCHIVE_NAME, CLASSES, IMAGE_SIZE
+from lenet_lightning.cifar10 import ARCHIVE_FOLDER, ARCHIVE_MD5, ARCHIVE_NAME, ARCHIVE_SIZE, CLASSES, IMAGE_SIZE
 from lenet_lightning.download import (
     DOWNLOAD_URL_ENV,
     DownloadError,
@@ -33,6 +33,7 @@ from lenet_lightning.download import (
     source_urls,
 )
 from lenet_lightning.errors import UserError
+from lenet_lightning.progress import size_text
 
 Split = tuple[torch.Tensor, torch.Tensor]
 
@@ -146,7 +147,11 @@ def _label_array(labels: Any) -> np.ndarray | None:
 
 
 def download_archive(
-    data_dir: Path, urls: Sequence[str] | None = None, md5: str | None = None, limits: Limits | None = None
+    data_dir: Path,
+    urls: Sequence[str] | None = None,
+    md5: str | None = None,
+    limits: Limits | None = None,
+    size: int | None = None,
 ) -> None:
     """Download, verify and unpack the official archive into ``data_dir``.
 
@@ -158,15 +163,23 @@ def download_archive(
     download stays only as a hidden ``.part`` file that the next run resumes, and
     unpacking happens in a temporary folder renamed into place when complete, so
     nothing a later run could take for data is ever left half-done in ``data_dir``.
+
+    A source declaring a length other than ``size`` bytes is dropped before anything is
+    written (default: the official archive's size, checked only with the official md5), and
+    the disk must have room for the archive and its unpacked batches before a byte is fetched.
     """
-    md5 = md5 or ARCHIVE_MD5
+    if md5 is None:
+        md5, size = ARCHIVE_MD5, size or ARCHIVE_SIZE
     urls = source_urls() if urls is None else list(urls)
     with folder_lock(data_dir):
         if is_unpacked(data_dir):
             return  # another process downloaded it while this one waited
+        _remove_abandoned_scratch(data_dir)
         partial = PartialFile(data_dir, ARCHIVE_NAME)
+        expected = size or ARCHIVE_SIZE
+        _check_free_space(data_dir, max(expected - partial.size(), 0) + _unpacked_bytes(expected), "downloading")
         try:
-            source = fetch(urls, partial, md5, limits or Limits())
+            source = fetch(urls, partial, md5, limits or Limits(), size)
         except DownloadError as failed:
             raise UserError(download_failed_message(data_dir, failed.problems, md5)) from None
         try:
@@ -196,14 +209,45 @@ def unpack_local_archive(data_dir: Path, md5: str | None = None) -> None:
     with folder_lock(data_dir):
         if is_unpacked(data_dir):
             return  # another process unpacked it while this one waited
+        _remove_abandoned_scratch(data_dir)
         digest = file_md5(archive)
         if digest != md5:
             raise UserError(
                 f"'{archive}' is not the official CIFAR-10 archive (md5 {digest}, expected {md5}): "
                 "replace it with the official file, or delete it to download again"
             )
+        _check_free_space(data_dir, _unpacked_bytes(archive.stat().st_size), "unpacking")
         with _scratch_folder(data_dir) as scratch:
             _unpack(archive, scratch, data_dir, source=str(archive))
+
+
+# The official archive's batches take about 9% more room unpacked (186 MB) than packed (170.5 MB).
+UNPACKED_RATIO = 1.1
+SPACE_MARGIN_BYTES = 20_000_000  # room left for the file system and the rest of the run
+
+
+def _unpacked_bytes(archive_bytes: int) -> int:
+    return int(archive_bytes * UNPACKED_RATIO) + SPACE_MARGIN_BYTES
+
+
+def _check_free_space(data_dir: Path, needed: int, doing: str) -> None:
+    """Refuse to start ``doing`` (downloading, unpacking) what needs ``needed`` bytes in ``data_dir`` without them."""
+    free = shutil.disk_usage(data_dir).free
+    if free < needed:
+        raise UserError(
+            f"not enough free space in '{data_dir}' for {doing} CIFAR-10: it needs {size_text(needed)}, "
+            f"{size_text(free)} are free; free some space there, or pass a --data-dir on a disk with more room"
+        )
+
+
+def _remove_abandoned_scratch(data_dir: Path) -> None:
+    """Remove the unpacking folders of runs that were killed while unpacking.
+
+    Only called under the folder's lock, which every unpacking run holds until its scratch
+    folder is gone: any scratch folder found then belongs to no live run.
+    """
+    for scratch in data_dir.glob(".unpack-*"):
+        shutil.rmtree(scratch, ignore_errors=True)
 
 
 @contextlib.contextmanager

@@ -102,6 +102,8 @@ class CIFAR10DataModule(L.LightningDataModule):
             raise UserError(f"unknown --pad-mode '{pad_mode}': use one of {', '.join(PAD_MODES)}")
         if translate > 16:
             raise UserError(f"--translate {translate} would shift 32-pixel images out of view: use 0 to 16")
+        if download_url is not None:
+            source_urls(download_url)  # a malformed --download-url is one line now, not a traceback later
         self.save_hyperparameters(ignore=["augmentation"])
         self.data_dir = Path(data_dir)
         self.batch_size = batch_size

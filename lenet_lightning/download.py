@@ -73,10 +73,46 @@ class DownloadError(Exception):
 
 
 def source_urls(given: str | None = None) -> list[str]:
-    """``given`` (else ``$LENET_LIGHTNING_DOWNLOAD_URL``), comma-separated, then :data:`MIRRORS`; each once."""
-    first = given or os.environ.get(DOWNLOAD_URL_ENV) or ""
-    urls = [url.strip() for url in first.split(",") if url.strip()]
+    """``given`` (else ``$LENET_LIGHTNING_DOWNLOAD_URL``), comma-separated, then :data:`MIRRORS`; each once.
+
+    Raises :class:`UserError` naming a given URL that is malformed or not http(s), or an empty ``given``.
+    """
+    if given is not None:
+        urls = given_urls(given, "--download-url")
+    else:
+        urls = given_urls(os.environ.get(DOWNLOAD_URL_ENV) or "", f"${DOWNLOAD_URL_ENV}", allow_empty=True)
     return list(dict.fromkeys([*urls, *MIRRORS]))
+
+
+def given_urls(value: str, origin: str, allow_empty: bool = False) -> list[str]:
+    """The comma-separated URLs of ``value`` (from ``origin``: a flag or variable), each checked."""
+    urls = [url.strip() for url in value.split(",") if url.strip()]
+    if not urls and not allow_empty:
+        raise UserError(
+            f"{origin} is empty: give the URL of a copy of cifar-10-python.tar.gz (several separated by commas), "
+            "or leave it out to use the built-in mirrors"
+        )
+    for url in urls:
+        if problem := url_problem(url):
+            raise UserError(
+                f"{origin} '{url}' {problem}: give http:// or https:// URLs such as "
+                "https://example.org/cifar-10-python.tar.gz, separated by commas"
+            )
+    return urls
+
+
+def url_problem(url: str) -> str | None:
+    """Why ``url`` cannot be downloaded from, in a few words, or ``None`` for a well-formed http(s) URL."""
+    try:
+        parts = urllib.parse.urlsplit(url)
+        parts.port  # noqa: B018 (checked for its ValueError: a port that is not a number)
+    except ValueError as error:
+        return f"is not a valid URL ({error})"
+    if parts.scheme not in ("http", "https"):
+        return "is not an http:// or https:// URL"
+    if not parts.hostname:
+        return "names no host"
+    return None
 
 
 # --- one folder, one download -------------------------------------------------------
@@ -110,9 +146,10 @@ def folder_lock(folder: Path) -> Iterator[None]:
 # --- failover -----------------------------------------------------------------------
 
 
-def fetch(urls: Sequence[str], partial: PartialFile, md5: str, limits: Limits) -> str:
+def fetch(urls: Sequence[str], partial: PartialFile, md5: str, limits: Limits, size: int | None = None) -> str:
     """Fill ``partial`` with the file whose md5 is ``md5`` from the first source that delivers it.
 
+    With ``size``, a source declaring (or sending) another number of bytes is dropped at once.
     Returns the URL it came from; raises :class:`DownloadError` when none does.
     """
     if partial.is_complete():  # a previous run got every byte, then stopped (e.g. while unpacking)
@@ -124,7 +161,8 @@ def fetch(urls: Sequence[str], partial: PartialFile, md5: str, limits: Limits) -
         last = index + 1 == len(urls)
         try:
             # The last source is never dropped for being slow: there is nowhere faster to go.
-            _from_source(url, partial, md5, dataclasses.replace(limits, max_left_s=math.inf) if last else limits)
+            patience = dataclasses.replace(limits, max_left_s=math.inf) if last else limits
+            _from_source(url, partial, md5, patience, size)
         except SourceError as failed:
             problems.append((url, str(failed)))
             if not last:
@@ -134,13 +172,13 @@ def fetch(urls: Sequence[str], partial: PartialFile, md5: str, limits: Limits) -
     raise DownloadError(problems)
 
 
-def _from_source(url: str, partial: PartialFile, md5: str, limits: Limits) -> None:
+def _from_source(url: str, partial: PartialFile, md5: str, limits: Limits, size: int | None) -> None:
     """Download ``url`` into ``partial`` (resuming where possible) and check its md5."""
-    if urllib.parse.urlsplit(url).scheme not in ("http", "https"):
-        raise SourceError("not an http(s):// URL")
+    if problem := url_problem(url):
+        raise SourceError(problem.removeprefix("is "))
     for attempt in range(1, ATTEMPTS_PER_SOURCE + 1):
         try:
-            transfer(url, partial, limits)
+            transfer(url, partial, limits, size)
             break
         except BrokenTransferError as broken:
             if attempt == ATTEMPTS_PER_SOURCE:

@@ -22,6 +22,7 @@ from pathlib import Path
 from typing import Any
 
 from lenet_lightning.progress import Progress, duration_text, size_text
+from lenet_lightning.timed_http import HeadTimeoutError, TimedHTTPHandler, TimedHTTPSHandler
 
 CHUNK_BYTES = 1 << 16
 MAX_REDIRECTS = 5
@@ -32,6 +33,9 @@ class Limits:
     """When a source is given up for the next one."""
 
     connect_s: float = 15.0  # no connection within this long
+    # Connecting, sending the request and receiving the whole response head took longer than this: a
+    # per-read timeout alone lets a server that trickles header bytes hold the run for ever.
+    head_s: float = 30.0
     stall_s: float = 30.0  # not a byte for this long (before or during the transfer)
     max_left_s: float = 600.0  # the measured rate predicts more than this for the rest
     judge_after_s: float = 20.0  # the rate is measured over this long before it is judged
@@ -45,13 +49,20 @@ class BrokenTransferError(SourceError):
     """The connection broke after delivering bytes: asking the same source again resumes."""
 
 
+class _OversizeError(SourceError):
+    """The source sent more bytes than the file has."""
+
+
 class _RangeRefusedError(Exception):
     """The server cannot serve the rest of the partial file (it is longer than the file, say)."""
 
 
 def host(url: str) -> str:
     """The ``host[:port]`` of ``url``, how sources are named in notices and progress."""
-    return urllib.parse.urlsplit(url).netloc or url
+    try:
+        return urllib.parse.urlsplit(url).netloc or url
+    except ValueError:  # e.g. an unclosed IPv6 bracket: name the source by its whole URL
+        return url
 
 
 # --- the partial file ---------------------------------------------------------------
@@ -107,8 +118,12 @@ class PartialFile:
 # --- one request ------------------------------------------------------------------
 
 
-def transfer(url: str, partial: PartialFile, limits: Limits) -> None:
-    """One HTTP request for what ``partial`` still lacks from ``url``, appended to it."""
+def transfer(url: str, partial: PartialFile, limits: Limits, size: int | None = None) -> None:
+    """One HTTP request for what ``partial`` still lacks from ``url``, appended to it.
+
+    With ``size`` (the file's known length in bytes), a source declaring another length is
+    dropped before anything is written, and one sending more than that is cut off.
+    """
     offset, validator = partial.resume_point(url)
     try:
         response = _open(url, offset, validator, limits)
@@ -116,11 +131,15 @@ def transfer(url: str, partial: PartialFile, limits: Limits) -> None:
         partial.discard()
         raise BrokenTransferError("it refused to resume (HTTP 416), so starting again") from None
     with response:
-        start, total = _resumed_at(response, offset, partial)
+        start, total = _resumed_at(response, offset, partial, size)
         if start == 0:
             partial.start(url, _validator(response), total)
-        with partial.path.open("ab") as out, Progress(partial.name, host(url), total, start) as progress:
-            _copy(response, out, progress, limits)
+        try:
+            with partial.path.open("ab") as out, Progress(partial.name, host(url), total, start) as progress:
+                _copy(response, out, progress, limits, size)
+        except _OversizeError:
+            partial.discard()  # more bytes than the file has: none of them are worth resuming
+            raise
 
 
 def _open(url: str, offset: int, validator: str | None, limits: Limits) -> http.client.HTTPResponse:
@@ -131,7 +150,8 @@ def _open(url: str, offset: int, validator: str | None, limits: Limits) -> http.
         if validator:
             headers["If-Range"] = validator  # the server sends the whole file if it changed since
     redirects = _RecordRedirects()
-    opener = urllib.request.build_opener(redirects, _HTTPHandler(limits.stall_s), _HTTPSHandler(limits.stall_s))
+    handlers = (TimedHTTPHandler(limits.stall_s, limits.head_s), TimedHTTPSHandler(limits.stall_s, limits.head_s))
+    opener = urllib.request.build_opener(redirects, *handlers)
     try:
         response: http.client.HTTPResponse = opener.open(
             urllib.request.Request(url, headers=headers), timeout=limits.connect_s
@@ -143,6 +163,8 @@ def _open(url: str, offset: int, validator: str | None, limits: Limits) -> http.
         raise SourceError(redirects.prefix() + f"HTTP {error.code} {error.reason}") from None
     except urllib.error.URLError as error:
         raise SourceError(redirects.prefix() + _reason(error.reason, limits)) from None
+    except HeadTimeoutError:
+        raise SourceError(redirects.prefix() + f"sent no complete response head within {limits.head_s:g} s") from None
     except TimeoutError:
         raise SourceError(redirects.prefix() + f"sent nothing for {limits.stall_s:g} s") from None
     except (OSError, http.client.HTTPException, ValueError) as error:
@@ -158,20 +180,31 @@ def _reason(error: BaseException | str, limits: Limits) -> str:
     return str(error) or type(error).__name__
 
 
-def _resumed_at(response: http.client.HTTPResponse, offset: int, partial: PartialFile) -> tuple[int, int | None]:
+def _resumed_at(
+    response: http.client.HTTPResponse, offset: int, partial: PartialFile, size: int | None
+) -> tuple[int, int | None]:
     """Where the body starts in the file and the file's total length (``None``: unknown).
 
     A ``206`` must continue exactly at ``offset``; a ``200`` is the whole file (a server that
-    ignores ``Range``, or whose file changed), so the partial file starts again.
+    ignores ``Range``, or whose file changed), so the partial file starts again. A declared
+    total other than ``size`` drops the source before a byte is written.
     """
     length = response.headers.get("Content-Length")
     if response.status != 206:
-        return 0, int(length) if length and length.isdigit() else None
+        total = int(length) if length and length.isdigit() else None
+        _check_declared(total, size, partial.name)
+        return 0, total
     match = re.fullmatch(r"bytes (\d+)-\d+/(\d+)", response.headers.get("Content-Range", ""))
+    _check_declared(int(match.group(2)) if match else None, size, partial.name)
     if not match or int(match.group(1)) != offset or partial.info().get("total") not in (None, int(match.group(2))):
         partial.discard()
         raise BrokenTransferError("it resumed at the wrong place, so starting again")
     return offset, int(match.group(2))
+
+
+def _check_declared(total: int | None, size: int | None, name: str) -> None:
+    if total is not None and size is not None and total != size:
+        raise SourceError(f"declares {total} bytes, but {name} has {size}")
 
 
 def _validator(response: http.client.HTTPResponse) -> str | None:
@@ -182,8 +215,9 @@ def _validator(response: http.client.HTTPResponse) -> str | None:
     return response.headers.get("Last-Modified")
 
 
-def _copy(response: http.client.HTTPResponse, out: Any, progress: Progress, limits: Limits) -> None:
-    """Append the body to ``out``, dropping a source that stalls or is too slow to finish in time."""
+def _copy(response: http.client.HTTPResponse, out: Any, progress: Progress, limits: Limits, size: int | None) -> None:
+    """Append the body to ``out``, dropping a source that stalls, is too slow to finish in time, or sends
+    more than ``size`` bytes (when it declared no length, nothing else stops it from filling the disk)."""
     started, received = time.monotonic(), 0
     while True:
         try:
@@ -195,6 +229,8 @@ def _copy(response: http.client.HTTPResponse, out: Any, progress: Progress, limi
             raise BrokenTransferError(f"the connection broke after {size_text(progress.done)} ({error})") from None
         if not chunk:
             break
+        if size is not None and progress.done + len(chunk) > size:
+            raise _OversizeError(f"sent more than the {size} bytes the file has")
         out.write(chunk)
         received += len(chunk)
         progress.update(len(chunk))
@@ -236,32 +272,3 @@ class _RecordRedirects(urllib.request.HTTPRedirectHandler):
 
     def prefix(self) -> str:
         return f"redirected to {host(self.target)}: " if self.target else ""
-
-
-def _stall_timeout(connection_class: type[http.client.HTTPConnection], stall_s: float) -> Any:
-    """``connection_class`` connecting with the caller's (short) timeout, then reading with ``stall_s``."""
-
-    class Connection(connection_class):  # type: ignore[valid-type,misc]
-        def connect(self) -> None:
-            super().connect()
-            self.sock.settimeout(stall_s)
-
-    return Connection
-
-
-class _HTTPHandler(urllib.request.HTTPHandler):
-    def __init__(self, stall_s: float) -> None:
-        super().__init__()
-        self.connection = _stall_timeout(http.client.HTTPConnection, stall_s)
-
-    def http_open(self, req: urllib.request.Request) -> http.client.HTTPResponse:
-        return self.do_open(self.connection, req)
-
-
-class _HTTPSHandler(urllib.request.HTTPSHandler):
-    def __init__(self, stall_s: float) -> None:
-        super().__init__()
-        self.connection = _stall_timeout(http.client.HTTPSConnection, stall_s)
-
-    def https_open(self, req: urllib.request.Request) -> http.client.HTTPResponse:
-        return self.do_open(self.connection, req)
