@@ -10,10 +10,8 @@ import hashlib
 import os
 import sys
 import time
-import uuid
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
-from typing import Any
 
 import numpy as np
 import torch
@@ -23,6 +21,7 @@ from torch.nn import functional as F
 from tqdm import tqdm
 
 from lenet_lightning.cifar10 import CLASSES, IMAGE_SIZE, IMAGE_SUFFIXES
+from lenet_lightning.decode_cache import cache_name, read_cache, write_cache
 from lenet_lightning.errors import UserError
 from lenet_lightning.progress import notice
 
@@ -74,80 +73,13 @@ def load_folder_split(folder: Path, cache_dir: Path) -> Split:
     only the decoding time of the next run.
     """
     files = list_image_folder(folder)
-    path = cache_dir / f"{folder.resolve().parent.name}-{folder.name}-{folder_fingerprint(files)}.pt"
+    path = cache_dir / cache_name(folder, folder_fingerprint(files))
     labels = torch.tensor([label for _, label in files], dtype=torch.int64)
     images = read_cache(path, labels)
     if images is None:
         images, labels = decode_files(files)
         write_cache(path, images, labels)
     return images, labels
-
-
-def split_digest(images: Tensor, labels: Tensor) -> str:
-    """sha256 of the images' and labels' bytes: the cache's checksum."""
-    digest = hashlib.sha256(images.contiguous().numpy().data)
-    digest.update(labels.contiguous().numpy().data)
-    return digest.hexdigest()
-
-
-def read_cache(path: Path, labels: Tensor) -> Tensor | None:
-    """The cached images of a folder with these ``labels``, or ``None`` when there is no intact cache.
-
-    A cache that is truncated, overwritten, unreadable or incomplete gets one line on
-    stderr and is ignored, so the caller decodes the images again and replaces it.
-    """
-    if not path.exists():
-        return None
-    try:
-        cached = torch.load(path, weights_only=True)
-    except Exception as error:  # whatever makes a cache unreadable, the cure is the same: decode again
-        problem: str | None = f"unreadable: {type(error).__name__}"
-    else:
-        problem = _cache_problem(cached, labels)
-    if problem is None:
-        return cached["images"]
-    notice(f"the decoded-image cache '{path}' is damaged ({problem}): decoding the images again")
-    return None
-
-
-def _cache_problem(cached: Any, labels: Tensor) -> str | None:
-    """What is wrong with a loaded cache for a folder with these ``labels``, or ``None``."""
-    if not isinstance(cached, dict) or not {"images", "labels", "sha256"} <= cached.keys():
-        return "images, labels or checksum missing"
-    images, cached_labels = cached["images"], cached["labels"]
-    expected_shape = (len(labels), 3, IMAGE_SIZE, IMAGE_SIZE)
-    if not isinstance(images, Tensor) or images.dtype != torch.uint8 or images.shape != expected_shape:
-        return "images of the wrong type or number"
-    if not isinstance(cached_labels, Tensor) or cached_labels.dtype != labels.dtype:
-        return "labels of the wrong type"
-    if not torch.equal(cached_labels, labels):
-        return "labels that differ from the folder's"
-    if cached["sha256"] != split_digest(images, labels):
-        return "checksum mismatch: its bytes changed after it was written"
-    return None
-
-
-def write_cache(path: Path, images: Tensor, labels: Tensor) -> None:
-    """Save decoded images with their checksum; when that fails, say so in one line and go on.
-
-    The file is written under a name unique to this writer, then renamed, so a killed
-    run never leaves a truncated cache and concurrent writers never remove each other's
-    files; a failed write removes its own temporary file.
-    """
-    tmp = path.with_name(f"{path.name}.{uuid.uuid4().hex}.tmp")
-    try:
-        path.parent.mkdir(parents=True, exist_ok=True)
-        try:
-            with tmp.open("wb") as file:
-                torch.save({"images": images, "labels": labels, "sha256": split_digest(images, labels)}, file)
-            os.replace(tmp, path)
-        finally:
-            tmp.unlink(missing_ok=True)
-    except OSError as error:
-        notice(
-            f"warning: cannot write the decoded-image cache '{path}' ({error.strerror or error}): going on "
-            "without it, the next run decodes the images again; pass a writable --cache-dir"
-        )
 
 
 # Decoding shows progress only when it lasts longer than this (a few small folders decode at once).

@@ -1,6 +1,9 @@
 import errno
 import os
 import re
+import subprocess
+import sys
+import time
 from collections.abc import Callable
 from pathlib import Path
 from typing import BinaryIO
@@ -10,11 +13,11 @@ import pytest
 import torch
 from PIL import Image
 
-from lenet_lightning import CIFAR10_CLASSES, CIFAR10_MEAN, CIFAR10_STD, CIFAR10DataModule, image_folders
+from lenet_lightning import CIFAR10_CLASSES, CIFAR10_MEAN, CIFAR10_STD, CIFAR10DataModule, decode_cache, image_folders
 from lenet_lightning import archive as official
 from lenet_lightning.batches import BatchTransform, EpochShardSampler, TensorBatchLoader, augment
 from lenet_lightning.errors import UserError
-from tests.conftest import synthetic_images
+from tests.conftest import synthetic_images, write_image_folder
 
 
 def make_dm(data_dir: Path, **kwargs) -> CIFAR10DataModule:
@@ -336,29 +339,78 @@ def test_a_damaged_cache_is_rebuilt_with_a_notice(case, image_folder, isolated_c
     assert capsys.readouterr().err == ""  # rebuilt: intact from now on
 
 
-def fail_writing(error_number: int) -> Callable[..., None]:
+def fail_writing(error: Exception) -> Callable[..., None]:
     """A ``torch.save`` that writes part of the file, then fails like a full disk or a read-only folder."""
 
     def save(obj: object, file: BinaryIO) -> None:
         file.write(b"PK\x03\x04 partial")
-        raise OSError(error_number, os.strerror(error_number))
+        raise error
 
     return save
 
 
-@pytest.mark.parametrize("case", ["a file in its place", "disk full", "permission denied"])
+def os_error(number: int) -> OSError:
+    return OSError(number, os.strerror(number))
+
+
+# What torch.save raises: OSError writing to a file object, RuntimeError from its zip writer otherwise.
+WRITE_FAILURES = {
+    "disk full": os_error(errno.ENOSPC),
+    "disk full in the zip writer": RuntimeError("[enforce fail at inline_container.cc:672] . unexpected pos 704"),
+    "permission denied": os_error(errno.EACCES),
+    "read-only file system": os_error(errno.EROFS),
+    "file name too long": os_error(errno.ENAMETOOLONG),
+}
+
+
+@pytest.mark.parametrize("case", ["a file in its place", *WRITE_FAILURES])
 def test_an_unwritable_cache_warns_and_loading_goes_on(case, image_folder, isolated_cache, monkeypatch, capsys):
     cache = isolated_cache
     if case == "a file in its place":
         cache.write_text("not a folder")
     else:  # as root, chmod would not stop the write: fail the way the system would instead
-        monkeypatch.setattr(torch, "save", fail_writing(errno.ENOSPC if case == "disk full" else errno.EACCES))
+        monkeypatch.setattr(torch, "save", fail_writing(WRITE_FAILURES[case]))
     images, labels = image_folders.load_folder_split(image_folder / "test", cache)
     assert images.shape == (30, 3, 32, 32) and len(labels) == 30
     lines = capsys.readouterr().err.splitlines()
     assert len(lines) == 1 and lines[0].startswith("warning: cannot write the decoded-image cache"), lines
     assert lines[0].endswith("pass a writable --cache-dir")
     assert not list(cache.parent.rglob("*.tmp")), "a failed write must remove its temporary file"
+
+
+@pytest.mark.parametrize("name", ["x" * 250, "é" * 125], ids=["250 letters", "250 bytes of accents"])
+def test_a_data_folder_with_a_long_name_is_cached_under_a_short_name(name, tmp_path, isolated_cache, capsys):
+    folder = write_image_folder(tmp_path / name, train_per_class=1, test_per_class=1)
+    image_folders.load_folder_split(folder / "test", isolated_cache)
+    (cached,) = isolated_cache.glob("*.pt")
+    assert len(cached.name.encode()) < 200 and cached.name.startswith(name[:20])
+    assert capsys.readouterr().err == ""  # written: no warning
+    mtime = cached.stat().st_mtime_ns
+    image_folders.load_folder_split(folder / "test", isolated_cache)
+    assert cached.stat().st_mtime_ns == mtime and capsys.readouterr().err == ""  # read back, not written again
+
+
+def killed_process_pid() -> int:
+    """The pid of a process that was killed (and reaped): no process has it now."""
+    process = subprocess.Popen([sys.executable, "-c", "import time; time.sleep(60)"])
+    process.kill()
+    process.wait()
+    return process.pid
+
+
+def test_temporary_files_of_killed_cache_writers_are_removed_and_live_ones_kept(image_folder, isolated_cache):
+    isolated_cache.mkdir()
+    target = isolated_cache / "folder-test-0123456789abcdef0123.pt"
+    killed = decode_cache.tmp_path_for(target, killed_process_pid())
+    live = decode_cache.tmp_path_for(target, os.getpid())  # another writer in this very process
+    old_foreign = target.with_name(f"{target.name}.0badcafe-1-12345678.tmp")  # from another machine, long ago
+    new_foreign = target.with_name(f"{target.name}.0badcafe-2-12345678.tmp")  # from another machine, now
+    for tmp in (killed, live, old_foreign, new_foreign):
+        tmp.write_bytes(b"half a cache")
+    hours_ago = time.time() - 2 * 3600
+    os.utime(old_foreign, (hours_ago, hours_ago))
+    image_folders.load_folder_split(image_folder / "test", isolated_cache)
+    assert sorted(isolated_cache.glob("*.tmp")) == sorted([live, new_foreign])
 
 
 def test_a_broken_link_image_is_named(image_folder):
