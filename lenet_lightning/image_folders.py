@@ -6,8 +6,10 @@ after its fingerprint, so later runs read one file instead of 60,000 images.
 
 from __future__ import annotations
 
+import dataclasses
 import hashlib
 import os
+import stat
 import sys
 import time
 from concurrent.futures import ThreadPoolExecutor
@@ -15,7 +17,7 @@ from pathlib import Path
 
 import numpy as np
 import torch
-from PIL import Image
+from PIL import Image, ImageOps
 from torch import Tensor
 from torch.nn import functional as F
 from tqdm import tqdm
@@ -31,24 +33,77 @@ Split = tuple[Tensor, Tensor]
 def list_image_folder(folder: Path) -> list[tuple[str, int]]:
     """Every image file under ``folder/<class>/`` (as a path string) with its label, in a stable order.
 
-    Plain strings from ``os.scandir``, not ``Path`` objects: for the 50,000 files of
-    CIFAR-10, building ``Path`` objects took longer than listing and stat-ing the files.
+    Hidden entries (names starting with ``.``: ``.ipynb_checkpoints``, ``.DS_Store``) are
+    skipped, with one notice for folders; so are special files named like images (FIFOs,
+    devices, sockets: opening one could wait for ever), with one notice. Plain strings from
+    ``os.scandir``, not ``Path`` objects: for the 50,000 files of CIFAR-10, building
+    ``Path`` objects took longer than listing and stat-ing the files.
     """
     if not folder.is_dir():
         raise UserError(f"'{folder}' is missing: an image folder needs train/<class>/ and test/<class>/")
-    found = sorted(entry.name for entry in folder.iterdir() if entry.is_dir())
-    if sorted(found) != sorted(CLASSES):
+    folders = [entry.name for entry in folder.iterdir() if entry.is_dir()]
+    hidden = sorted(name for name in folders if name.startswith("."))
+    found = sorted(name for name in folders if not name.startswith("."))
+    if found != sorted(CLASSES):
         raise UserError(
             f"class folders in '{folder}' are {found}; rename them to the ten CIFAR-10 classes: {', '.join(CLASSES)}"
         )
-    files = []
+    files, special = [], []
     for label, name in enumerate(CLASSES):
-        with os.scandir(folder / name) as entries:
-            paths = sorted(entry.path for entry in entries if entry.name.lower().endswith(IMAGE_SUFFIXES))
-        files += [(path, label) for path in paths]
+        listing = _list_class_folder(folder / name)
+        files += [(path, label) for path in sorted(listing.images)]
+        hidden += [f"{name}/{entry}" for entry in sorted(listing.hidden_folders)]
+        special += sorted(listing.special)
+    _notice_skipped(folder, hidden, special)
     if not files:
         raise UserError(f"no .png or .jpg images under '{folder}': copy the images into its class folders")
     return files
+
+
+@dataclasses.dataclass
+class _ClassListing:
+    images: list[str] = dataclasses.field(default_factory=list)
+    hidden_folders: list[str] = dataclasses.field(default_factory=list)
+    special: list[str] = dataclasses.field(default_factory=list)  # FIFOs, devices, sockets named like images
+
+
+def _list_class_folder(class_folder: Path) -> _ClassListing:
+    listing = _ClassListing()
+    with os.scandir(class_folder) as entries:
+        for entry in entries:
+            if entry.name.startswith("."):
+                if entry.is_dir():
+                    listing.hidden_folders.append(entry.name)
+            elif entry.name.lower().endswith(IMAGE_SUFFIXES):
+                kind = _file_kind(entry)
+                if kind == "image":
+                    listing.images.append(entry.path)
+                elif kind == "special":
+                    listing.special.append(entry.path)
+    return listing
+
+
+def _file_kind(entry: os.DirEntry[str]) -> str:
+    """``image`` (a regular file, or a broken link for the fingerprint to name), ``folder`` or ``special``."""
+    if entry.is_file(follow_symlinks=False):  # the common case, answered without a system call
+        return "image"
+    try:
+        mode = os.stat(entry.path).st_mode
+    except OSError:
+        return "image"  # a link to nothing: folder_fingerprint names it with the fix
+    if stat.S_ISREG(mode):
+        return "image"
+    return "folder" if stat.S_ISDIR(mode) else "special"
+
+
+def _notice_skipped(folder: Path, hidden: list[str], special: list[str]) -> None:
+    if hidden:
+        notice(f"skipping hidden folders in '{folder}' (not classes, not images): {', '.join(hidden)}")
+    if special:
+        notice(
+            f"skipping {len(special)} special files named like images in '{folder}' (FIFOs, devices or sockets, "
+            f"not images), e.g. '{special[0]}': replace them with image files or delete them"
+        )
 
 
 def folder_fingerprint(files: list[tuple[str, int]]) -> str:
@@ -56,11 +111,11 @@ def folder_fingerprint(files: list[tuple[str, int]]) -> str:
     lines = []
     for path, label in files:
         try:
-            stat = os.stat(path)
+            info = os.stat(path)
         except OSError as error:  # e.g. a link whose target is gone
             reason = "a link to a missing file" if os.path.islink(path) else error.strerror or str(error)
             raise UserError(f"cannot read image '{path}' ({reason}): replace or delete the file") from None
-        lines.append(f"{CLASSES[label]}/{os.path.basename(path)}:{label}:{stat.st_size}:{stat.st_mtime_ns}\n")
+        lines.append(f"{CLASSES[label]}/{os.path.basename(path)}:{label}:{info.st_size}:{info.st_mtime_ns}\n")
     return hashlib.sha256("".join(lines).encode()).hexdigest()[:20]
 
 
@@ -139,16 +194,24 @@ class DecodeProgress:
         return image
 
 
+ORIENTATION_TAG = 0x0112  # EXIF Orientation: 1 is upright, 2-8 a flip and/or rotation
+
+
 def read_image(path: str | Path) -> Tensor:
     """Decode one image file as a ``uint8`` RGB tensor of shape ``(3, 32, 32)``.
 
-    Grey, palette and alpha images become RGB; 16- and 32-bit grey images (which
-    Pillow's RGB conversion clips to white) are scaled to 8 bits first; other sizes
-    are resized. Pillow, not ``torchvision.io``: torchvision 0.29 deprecates its
+    Images are turned upright by their EXIF orientation (as viewers show them); grey,
+    palette and alpha images become RGB; 16- and 32-bit grey images (which Pillow's RGB
+    conversion clips to white) are scaled to 8 bits first; other sizes are resized. A
+    FIFO, device or socket is refused, never opened. Pillow, not ``torchvision.io``: torchvision 0.29 deprecates its
     image decoding in favour of TorchCodec.
     """
     try:
-        with Image.open(path) as file:
+        if not stat.S_ISREG(os.stat(path).st_mode):  # a FIFO would block open() for ever
+            raise ValueError("not a regular file: a FIFO, device or socket")
+        with Image.open(path) as opened:
+            # Cameras store photos sideways with an orientation tag; what was seen is the upright image.
+            file = ImageOps.exif_transpose(opened) if opened.getexif().get(ORIENTATION_TAG, 1) != 1 else opened
             if file.mode.startswith("I"):  # I;16, I;16B, I: integer grey, up to 16 significant bits
                 grey = np.asarray(file, dtype=np.float64) * (255.0 / 65535.0)
                 pixels = np.repeat(np.rint(grey).clip(0, 255).astype(np.uint8)[:, :, None], 3, axis=2)

@@ -1,12 +1,15 @@
 import errno
 import os
 import re
+import socket
 import subprocess
 import sys
 import time
 from collections.abc import Callable
+from concurrent.futures import ThreadPoolExecutor
+from concurrent.futures import TimeoutError as FuturesTimeout
 from pathlib import Path
-from typing import BinaryIO
+from typing import Any, BinaryIO
 
 import numpy as np
 import pytest
@@ -97,6 +100,68 @@ def test_unreadable_image_is_named(image_folder):
     broken.write_bytes(b"not a png")
     with pytest.raises(UserError, match=r"broken\.png"):
         make_dm(image_folder)
+
+
+def within_seconds(seconds: float, fifo: Path, function: Callable[..., Any], *args: Any) -> Any:
+    """``function(*args)``, failing (rather than hanging for ever) when it waits on ``fifo`` for ``seconds``."""
+    with ThreadPoolExecutor(1) as pool:
+        loading = pool.submit(function, *args)
+        try:
+            return loading.result(timeout=seconds)
+        except FuturesTimeout:
+            os.close(os.open(fifo, os.O_WRONLY | os.O_NONBLOCK))  # a writer's close ends the blocked open
+            raise AssertionError("loading blocked on a special file") from None
+
+
+def test_special_files_named_like_images_are_skipped_with_one_notice(image_folder, isolated_cache, monkeypatch, capsys):
+    cat = image_folder / "train" / "cat"
+    os.mkfifo(cat / "fifo.png")
+    monkeypatch.chdir(cat)  # a socket's path is limited to about 100 bytes: bind it by its short relative name
+    with socket.socket(socket.AF_UNIX) as server:
+        server.bind("socket.jpg")
+        load = image_folders.load_folder_split
+        images, labels = within_seconds(10, cat / "fifo.png", load, image_folder / "train", isolated_cache)
+    assert images.shape == (80, 3, 32, 32) and len(labels) == 80
+    (line,) = capsys.readouterr().err.splitlines()
+    assert line.startswith(f"skipping 2 special files named like images in '{image_folder / 'train'}' (FIFOs,")
+    assert line.endswith("replace them with image files or delete them")
+
+
+def test_reading_a_fifo_as_an_image_is_refused_not_waited_for(tmp_path):
+    os.mkfifo(tmp_path / "photo.png")
+    with pytest.raises(UserError, match=r"cannot read image '.*photo\.png' \(not a regular file: a FIFO, device"):
+        within_seconds(10, tmp_path / "photo.png", image_folders.read_image, tmp_path / "photo.png")
+
+
+def test_hidden_entries_are_skipped_with_one_notice_for_folders(image_folder, isolated_cache, capsys):
+    train = image_folder / "train"
+    for hidden_folder in (train / ".ipynb_checkpoints", train / "dog" / ".ipynb_checkpoints"):
+        hidden_folder.mkdir()
+        (hidden_folder / "0000-checkpoint.png").write_bytes(b"not an image")
+    for hidden_file in (train / ".DS_Store", train / "cat" / ".DS_Store", train / "cat" / "._0000.png"):
+        hidden_file.write_bytes(b"\x00\x05\x16\x07 Mac OS X metadata")
+    images, labels = image_folders.load_folder_split(train, isolated_cache)
+    assert images.shape == (80, 3, 32, 32) and torch.bincount(labels).tolist() == [8] * 10
+    lines = capsys.readouterr().err.splitlines()
+    assert lines == [
+        f"skipping hidden folders in '{train}' (not classes, not images): .ipynb_checkpoints, dog/.ipynb_checkpoints"
+    ]
+
+
+def test_a_sideways_photo_is_turned_upright_by_its_exif_orientation(tmp_path):
+    upright = np.zeros((32, 32, 3), dtype=np.uint8)
+    upright[:8, :, 0] = 255  # a red band along the top: sideways, it runs down one side
+    upright[8:, :16, 2] = 255
+    Image.fromarray(upright).save(tmp_path / "upright.jpg", quality=100, subsampling=0)
+    exif = Image.Exif()
+    exif[0x0112] = 6  # "rotate 90 degrees clockwise to view": the camera stored it turned the other way
+    sideways = Image.fromarray(upright).transpose(Image.Transpose.ROTATE_90)
+    sideways.save(tmp_path / "sideways.jpg", quality=100, subsampling=0, exif=exif)
+    read_upright = image_folders.read_image(tmp_path / "upright.jpg").int()
+    read_sideways = image_folders.read_image(tmp_path / "sideways.jpg").int()
+    assert (read_sideways - read_upright).abs().max() <= 3  # the same image, but for JPEG rounding
+    raw = torch.from_numpy(np.array(Image.open(tmp_path / "sideways.jpg").convert("RGB"))).permute(2, 0, 1).int()
+    assert (raw - read_upright).abs().max() > 200  # as stored, it is another picture
 
 
 def test_images_of_other_sizes_are_resized(image_folder):
