@@ -27,13 +27,13 @@ from lenet_lightning.download import (
     DownloadError,
     Limits,
     PartialFile,
+    check_free_space,
     fetch,
     file_md5,
     folder_lock,
     source_urls,
 )
 from lenet_lightning.errors import UserError
-from lenet_lightning.progress import size_text
 
 Split = tuple[torch.Tensor, torch.Tensor]
 
@@ -177,7 +177,7 @@ def download_archive(
         _remove_abandoned_scratch(data_dir)
         partial = PartialFile(data_dir, ARCHIVE_NAME)
         expected = size or ARCHIVE_SIZE
-        _check_free_space(data_dir, max(expected - partial.size(), 0) + _unpacked_bytes(expected), "downloading")
+        check_free_space(data_dir, max(expected - partial.size(), 0) + _unpacked_bytes(expected), "downloading")
         try:
             source = fetch(urls, partial, md5, limits or Limits(), size)
         except DownloadError as failed:
@@ -216,7 +216,7 @@ def unpack_local_archive(data_dir: Path, md5: str | None = None) -> None:
                 f"'{archive}' is not the official CIFAR-10 archive (md5 {digest}, expected {md5}): "
                 "replace it with the official file, or delete it to download again"
             )
-        _check_free_space(data_dir, _unpacked_bytes(archive.stat().st_size), "unpacking")
+        check_free_space(data_dir, _unpacked_bytes(archive.stat().st_size), "unpacking")
         with _scratch_folder(data_dir) as scratch:
             _unpack(archive, scratch, data_dir, source=str(archive))
 
@@ -228,16 +228,6 @@ SPACE_MARGIN_BYTES = 20_000_000  # room left for the file system and the rest of
 
 def _unpacked_bytes(archive_bytes: int) -> int:
     return int(archive_bytes * UNPACKED_RATIO) + SPACE_MARGIN_BYTES
-
-
-def _check_free_space(data_dir: Path, needed: int, doing: str) -> None:
-    """Refuse to start ``doing`` (downloading, unpacking) what needs ``needed`` bytes in ``data_dir`` without them."""
-    free = shutil.disk_usage(data_dir).free
-    if free < needed:
-        raise UserError(
-            f"not enough free space in '{data_dir}' for {doing} CIFAR-10: it needs {size_text(needed)}, "
-            f"{size_text(free)} are free; free some space there, or pass a --data-dir on a disk with more room"
-        )
 
 
 def _remove_abandoned_scratch(data_dir: Path) -> None:

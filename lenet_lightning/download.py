@@ -15,6 +15,7 @@ import contextlib
 import dataclasses
 import math
 import os
+import shutil
 import urllib.parse
 from collections.abc import Iterator, Sequence
 from pathlib import Path
@@ -22,7 +23,7 @@ from pathlib import Path
 from filelock import FileLock, Timeout
 
 from lenet_lightning.errors import UserError
-from lenet_lightning.progress import Progress, notice
+from lenet_lightning.progress import Progress, notice, size_text
 from lenet_lightning.transfer import (
     BrokenTransferError,
     Limits,
@@ -40,6 +41,7 @@ __all__ = [
     "Limits",
     "PartialFile",
     "Progress",
+    "check_free_space",
     "fetch",
     "file_md5",
     "folder_lock",
@@ -141,6 +143,23 @@ def folder_lock(folder: Path) -> Iterator[None]:
         yield
     finally:
         lock.release()
+
+
+# --- room on disk -------------------------------------------------------------------
+
+
+def check_free_space(data_dir: Path, needed: int, doing: str) -> None:
+    """Refuse to start ``doing`` (downloading, unpacking) what needs ``needed`` bytes in ``data_dir`` without them.
+
+    Checked before the first byte is written, so a full disk is one line saying what is needed and where,
+    not a failed write halfway through.
+    """
+    free = shutil.disk_usage(data_dir).free
+    if free < needed:
+        raise UserError(
+            f"not enough free space in '{data_dir}' for {doing} CIFAR-10: it needs {size_text(needed)}, "
+            f"{size_text(free)} are free; free some space there, or pass a --data-dir on a disk with more room"
+        )
 
 
 # --- failover -----------------------------------------------------------------------
