@@ -89,10 +89,16 @@ def write_cache(path: Path, images: Tensor, labels: Tensor) -> None:
     # torch.save raises OSError writing to a file object, RuntimeError (its zip writer) in some other failures.
     except (OSError, RuntimeError) as error:
         reason = (error.strerror if isinstance(error, OSError) else None) or str(error).splitlines()[0]
+        if (path.parent, reason) in _WARNED:
+            return  # the test split fails like the training split did: one warning says it
+        _WARNED.add((path.parent, reason))
         notice(
             f"warning: cannot write the decoded-image cache '{path}' ({reason}): going on "
             "without it, the next run decodes the images again; pass a writable --cache-dir"
         )
+
+
+_WARNED: set[tuple[Path, str]] = set()  # (cache folder, reason) already warned about by this process
 
 
 # A temporary file is "<cache name>.<process space>-<pid>-<random>.tmp"; the process space tells

@@ -101,7 +101,8 @@ def _notice_skipped(folder: Path, hidden: list[str], special: list[str]) -> None
         notice(f"skipping hidden folders in '{folder}' (not classes, not images): {', '.join(hidden)}")
     if special:
         notice(
-            f"skipping {len(special)} special files named like images in '{folder}' (FIFOs, devices or sockets, "
+            f"skipping {len(special)} special file{'s' * (len(special) > 1)} named like images in '{folder}' "
+            "(FIFOs, devices or sockets, "
             f"not images), e.g. '{special[0]}': replace them with image files or delete them"
         )
 
