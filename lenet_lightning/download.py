@@ -3,8 +3,10 @@
 Every source is tried in turn until one delivers a file with the expected md5, so
 a mirror can be slow, dead or wrong but never change the data. A source is dropped
 quickly, with one line saying why: when it cannot be reached within
-:attr:`Limits.connect_s`, sends nothing for :attr:`Limits.stall_s`, or is so slow
-that the rest would take longer than :attr:`Limits.max_left_s`. How one source is
+:attr:`Limits.connect_s`, has not sent its whole response head within
+:attr:`Limits.head_s`, sends nothing for :attr:`Limits.stall_s`, is so slow that the
+rest would take longer than :attr:`Limits.max_left_s`, or declares (or sends) another
+size than the file's. :func:`check_free_space` refuses to start without room. How one source is
 asked (and resumed) is :mod:`lenet_lightning.transfer`; :func:`folder_lock` lets one
 process per folder download while others wait.
 """

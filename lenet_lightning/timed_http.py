@@ -16,7 +16,7 @@ from typing import Any
 
 
 class HeadTimeoutError(TimeoutError):
-    """The response head did not arrive within :attr:`Limits.head_s`."""
+    """The response head did not arrive within its deadline (:attr:`lenet_lightning.transfer.Limits.head_s`)."""
 
 
 def _timed_connection(connection_class: type[http.client.HTTPConnection], stall_s: float, head_s: float) -> Any:

@@ -33,12 +33,12 @@ class Limits:
     """When a source is given up for the next one."""
 
     connect_s: float = 15.0  # no connection within this long
-    # Connecting, sending the request and receiving the whole response head took longer than this: a
-    # per-read timeout alone lets a server that trickles header bytes hold the run for ever.
-    head_s: float = 30.0
     stall_s: float = 30.0  # not a byte for this long (before or during the transfer)
     max_left_s: float = 600.0  # the measured rate predicts more than this for the rest
     judge_after_s: float = 20.0  # the rate is measured over this long before it is judged
+    # Connecting, sending the request and receiving the whole response head took longer than this: a
+    # per-read timeout alone lets a server that trickles header bytes hold the run for ever.
+    head_s: float = 30.0
 
 
 class SourceError(Exception):
@@ -131,7 +131,8 @@ def transfer(url: str, partial: PartialFile, limits: Limits, size: int | None = 
         partial.discard()
         raise BrokenTransferError("it refused to resume (HTTP 416), so starting again") from None
     with response:
-        start, total = _resumed_at(response, offset, partial, size)
+        start, declared = _resumed_at(response, offset, partial, size)
+        total = size if declared is None else declared  # undeclared: judge rate and completeness by the known size
         if start == 0:
             partial.start(url, _validator(response), total)
         try:
