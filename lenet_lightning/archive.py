@@ -35,15 +35,13 @@ from lenet_lightning.download import (
 )
 from lenet_lightning.errors import UserError
 
-Split = tuple[torch.Tensor, torch.Tensor]
-
 
 def is_unpacked(data_dir: Path) -> bool:
     """Whether ``data_dir`` holds the unpacked archive (``cifar-10-batches-py/batches.meta``)."""
     return (data_dir / ARCHIVE_FOLDER / "batches.meta").is_file()
 
 
-def load_archive_split(folder: Path, train: bool) -> Split:
+def load_archive_split(folder: Path, train: bool) -> tuple[torch.Tensor, torch.Tensor]:
     """Read and check the official python-pickle batches (``data_batch_1..5`` or ``test_batch``)."""
     names = [f"data_batch_{i}" for i in range(1, 6)] if train else ["test_batch"]
     batches = [read_archive_batch(folder / name) for name in names]

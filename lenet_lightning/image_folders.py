@@ -27,7 +27,7 @@ from lenet_lightning.decode_cache import cache_name, read_cache, write_cache
 from lenet_lightning.errors import UserError
 from lenet_lightning.progress import notice
 
-Split = tuple[Tensor, Tensor]
+Split = tuple[Tensor, Tensor]  # uint8 images (N, 3, 32, 32) and int64 labels (N,), whatever the source
 
 
 def list_image_folder(folder: Path) -> list[tuple[str, int]]:

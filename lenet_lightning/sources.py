@@ -10,15 +10,13 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from torch import Tensor
-
 from lenet_lightning.archive import is_unpacked, load_archive_split
 from lenet_lightning.cifar10 import ARCHIVE_FOLDER, ARCHIVE_NAME
 from lenet_lightning.download import DOWNLOAD_URL_ENV
 from lenet_lightning.errors import UserError
-from lenet_lightning.image_folders import load_folder_split
+from lenet_lightning.image_folders import Split, load_folder_split
 
-Split = tuple[Tensor, Tensor]
+__all__ = ["Split", "detect_source", "load_split", "missing_data_message"]
 
 
 def detect_source(data_dir: Path) -> str | None:
