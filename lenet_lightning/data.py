@@ -9,6 +9,7 @@ import lightning as L
 import torch
 from typing_extensions import override
 
+from lenet_lightning.archive import download_archive, unpack_local_archive
 from lenet_lightning.batches import (
     PAD_MODES,
     Augmentation,
@@ -26,15 +27,9 @@ from lenet_lightning.cifar10 import (
     default_cache_dir,
     resolve_normalization,
 )
-from lenet_lightning.download import notice, source_urls
-from lenet_lightning.errors import SettingError
-from lenet_lightning.sources import (
-    Split,
-    detect_source,
-    download_archive,
-    load_split,
-    unpack_local_archive,
-)
+from lenet_lightning.download import given_urls, notice, source_urls
+from lenet_lightning.errors import SettingError, UserError
+from lenet_lightning.sources import Split, detect_source, load_split
 from lenet_lightning.validation import check_bool, check_choice, check_int, check_path
 
 MAX_SEED = 2**32 - 1  # what NumPy (seeded by Lightning's seed_everything) accepts
@@ -125,8 +120,7 @@ class CIFAR10DataModule(L.LightningDataModule):
         check_choice("pad_mode", pad_mode, PAD_MODES)
         check_bool("pin_memory", pin_memory)
         check_bool("download", download)
-        if download_url is not None and not isinstance(download_url, str):
-            raise SettingError("download_url", f"must be a URL (or several, comma-separated), got {download_url!r}")
+        check_download_url(download_url)
         self.save_hyperparameters(ignore=["augmentation"])
         self.data_dir = Path(data_dir)
         self.batch_size = batch_size
@@ -263,6 +257,18 @@ class CIFAR10DataModule(L.LightningDataModule):
         if split is None:
             raise RuntimeError(f"call setup('{stage}') before asking for this dataloader")
         return split
+
+
+def check_download_url(download_url: str | None) -> None:
+    """``None``, or one or more http(s) URLs separated by commas: a malformed one is refused now, not mid-download."""
+    if download_url is None:
+        return
+    if not isinstance(download_url, str):
+        raise SettingError("download_url", f"must be a URL (or several, comma-separated), got {download_url!r}")
+    try:
+        given_urls(download_url, "download_url")
+    except UserError as error:
+        raise SettingError("download_url", str(error).removeprefix("download_url ")) from None
 
 
 def check_val_size(val_size: int | float) -> None:

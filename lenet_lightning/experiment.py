@@ -175,7 +175,9 @@ def _train(
             (run_dir / "config.yaml").write_text(dump_config(settings))
         logger = build_logger(run_dir)
         folder = RunFolderSync(run_dir)
-        trainer = build_trainer(options, logger, run_dir, fast_dev_run, [SaveRunOptions(options), folder, start, *callbacks])
+        trainer = build_trainer(
+            options, logger, run_dir, fast_dev_run, [SaveRunOptions(options), folder, start, *callbacks]
+        )
         fit(trainer, model, datamodule, resume_from)
     # "best" unless no checkpoint was chosen here (a fast dev run; a resumed run that had already ended).
     best = (

@@ -24,18 +24,15 @@ from typing import Any
 import torch
 from torch import Tensor
 
+from lenet_lightning.archive import load_archive_split
 from lenet_lightning.checkpoints import load_checkpoint
 from lenet_lightning.cifar10 import ARCHIVE_FOLDER, default_cache_dir
 from lenet_lightning.errors import UserError
+from lenet_lightning.image_folders import list_image_folder
 from lenet_lightning.inference import INPUT_NAME, OUTPUT_NAME, ImageClassifier, classifier_from_checkpoint
 from lenet_lightning.leftovers import remove_stale, temporary_name
 from lenet_lightning.model_card import model_card, render_card
-from lenet_lightning.sources import (
-    detect_source,
-    list_image_folder,
-    load_archive_split,
-    load_split,
-)
+from lenet_lightning.sources import detect_source, load_split
 
 EXPORT_EXTRA = ("onnx", "onnxruntime", "onnxscript")
 MISSING_EXTRA = '--export needs the export extra (onnx, onnxruntime, onnxscript): pip install -e ".[export]"'

@@ -26,9 +26,9 @@ from torch import nn
 from lenet_lightning.checkpoints import load_checkpoint
 from lenet_lightning.cifar10 import IMAGE_SUFFIXES
 from lenet_lightning.errors import UserError
+from lenet_lightning.image_folders import read_image
 from lenet_lightning.inference import classifier_from_checkpoint
 from lenet_lightning.reporting import json_safe
-from lenet_lightning.sources import read_image
 
 OUTPUT_FIELDS = ("file", "class", "probability", "top3", "error")
 OUTPUT_FORMATS = (".csv", ".json")

@@ -1,19 +1,26 @@
 import errno
 import os
 import re
+import socket
+import subprocess
+import sys
+import time
 from collections.abc import Callable
+from concurrent.futures import ThreadPoolExecutor
+from concurrent.futures import TimeoutError as FuturesTimeout
 from pathlib import Path
-from typing import BinaryIO
+from typing import Any, BinaryIO
 
 import numpy as np
 import pytest
 import torch
 from PIL import Image
 
-from lenet_lightning import CIFAR10_CLASSES, CIFAR10_MEAN, CIFAR10_STD, CIFAR10DataModule, sources
+from lenet_lightning import CIFAR10_CLASSES, CIFAR10_MEAN, CIFAR10_STD, CIFAR10DataModule, decode_cache, image_folders
+from lenet_lightning import archive as official
 from lenet_lightning.batches import BatchTransform, EpochShardSampler, TensorBatchLoader, augment
 from lenet_lightning.errors import UserError
-from tests.conftest import synthetic_images
+from tests.conftest import synthetic_images, write_image_folder
 
 
 def make_dm(data_dir: Path, **kwargs) -> CIFAR10DataModule:
@@ -36,7 +43,7 @@ def test_archive_split_sizes_and_dtypes(cifar_archive):
 
 
 def test_archive_images_and_labels_are_the_pickled_ones(cifar_archive):
-    images, labels = sources.load_archive_split(cifar_archive / "cifar-10-batches-py", train=False)
+    images, labels = official.load_archive_split(cifar_archive / "cifar-10-batches-py", train=False)
     expected_images, expected_labels = synthetic_images(20, seed=1)
     assert torch.equal(images, torch.from_numpy(expected_images))
     assert labels.tolist() == expected_labels.tolist()
@@ -95,6 +102,68 @@ def test_unreadable_image_is_named(image_folder):
         make_dm(image_folder)
 
 
+def within_seconds(seconds: float, fifo: Path, function: Callable[..., Any], *args: Any) -> Any:
+    """``function(*args)``, failing (rather than hanging for ever) when it waits on ``fifo`` for ``seconds``."""
+    with ThreadPoolExecutor(1) as pool:
+        loading = pool.submit(function, *args)
+        try:
+            return loading.result(timeout=seconds)
+        except FuturesTimeout:
+            os.close(os.open(fifo, os.O_WRONLY | os.O_NONBLOCK))  # a writer's close ends the blocked open
+            raise AssertionError("loading blocked on a special file") from None
+
+
+def test_special_files_named_like_images_are_skipped_with_one_notice(image_folder, isolated_cache, monkeypatch, capsys):
+    cat = image_folder / "train" / "cat"
+    os.mkfifo(cat / "fifo.png")
+    monkeypatch.chdir(cat)  # a socket's path is limited to about 100 bytes: bind it by its short relative name
+    with socket.socket(socket.AF_UNIX) as server:
+        server.bind("socket.jpg")
+        load = image_folders.load_folder_split
+        images, labels = within_seconds(10, cat / "fifo.png", load, image_folder / "train", isolated_cache)
+    assert images.shape == (80, 3, 32, 32) and len(labels) == 80
+    (line,) = capsys.readouterr().err.splitlines()
+    assert line.startswith(f"skipping 2 special files named like images in '{image_folder / 'train'}' (FIFOs,")
+    assert line.endswith("replace them with image files or delete them")
+
+
+def test_reading_a_fifo_as_an_image_is_refused_not_waited_for(tmp_path):
+    os.mkfifo(tmp_path / "photo.png")
+    with pytest.raises(UserError, match=r"cannot read image '.*photo\.png' \(not a regular file: a FIFO, device"):
+        within_seconds(10, tmp_path / "photo.png", image_folders.read_image, tmp_path / "photo.png")
+
+
+def test_hidden_entries_are_skipped_with_one_notice_for_folders(image_folder, isolated_cache, capsys):
+    train = image_folder / "train"
+    for hidden_folder in (train / ".ipynb_checkpoints", train / "dog" / ".ipynb_checkpoints"):
+        hidden_folder.mkdir()
+        (hidden_folder / "0000-checkpoint.png").write_bytes(b"not an image")
+    for hidden_file in (train / ".DS_Store", train / "cat" / ".DS_Store", train / "cat" / "._0000.png"):
+        hidden_file.write_bytes(b"\x00\x05\x16\x07 Mac OS X metadata")
+    images, labels = image_folders.load_folder_split(train, isolated_cache)
+    assert images.shape == (80, 3, 32, 32) and torch.bincount(labels).tolist() == [8] * 10
+    lines = capsys.readouterr().err.splitlines()
+    assert lines == [
+        f"skipping hidden folders in '{train}' (not classes, not images): .ipynb_checkpoints, dog/.ipynb_checkpoints"
+    ]
+
+
+def test_a_sideways_photo_is_turned_upright_by_its_exif_orientation(tmp_path):
+    upright = np.zeros((32, 32, 3), dtype=np.uint8)
+    upright[:8, :, 0] = 255  # a red band along the top: sideways, it runs down one side
+    upright[8:, :16, 2] = 255
+    Image.fromarray(upright).save(tmp_path / "upright.jpg", quality=100, subsampling=0)
+    exif = Image.Exif()
+    exif[0x0112] = 6  # "rotate 90 degrees clockwise to view": the camera stored it turned the other way
+    sideways = Image.fromarray(upright).transpose(Image.Transpose.ROTATE_90)
+    sideways.save(tmp_path / "sideways.jpg", quality=100, subsampling=0, exif=exif)
+    read_upright = image_folders.read_image(tmp_path / "upright.jpg").int()
+    read_sideways = image_folders.read_image(tmp_path / "sideways.jpg").int()
+    assert (read_sideways - read_upright).abs().max() <= 3  # the same image, but for JPEG rounding
+    raw = torch.from_numpy(np.array(Image.open(tmp_path / "sideways.jpg").convert("RGB"))).permute(2, 0, 1).int()
+    assert (raw - read_upright).abs().max() > 200  # as stored, it is another picture
+
+
 def test_images_of_other_sizes_are_resized(image_folder):
     Image.new("RGB", (64, 48), (255, 0, 0)).save(image_folder / "test" / "cat" / "big.png")
     dm = make_dm(image_folder)
@@ -112,7 +181,7 @@ def test_decode_cache_is_reused_and_invalidated(image_folder, isolated_cache, mo
     def no_decoding(files):
         raise AssertionError("decoded again although the cache is valid")
 
-    monkeypatch.setattr(sources, "decode_files", no_decoding)
+    monkeypatch.setattr(image_folders, "decode_files", no_decoding)
     make_dm(image_folder, val_size=10).setup("fit")  # served from the cache
 
     changed = image_folder / "train" / "cat" / "0003.png"
@@ -295,7 +364,7 @@ def test_16_bit_png_keeps_its_pixels(tmp_path):
     ramp = (np.arange(32 * 32, dtype=np.uint32).reshape(32, 32) * 64).astype(np.uint16)  # 0 .. 65472
     Image.fromarray(ramp).save(tmp_path / "deep.png")
     assert Image.open(tmp_path / "deep.png").mode.startswith("I;16")
-    image = sources.read_image(tmp_path / "deep.png")
+    image = image_folders.read_image(tmp_path / "deep.png")
     assert image.dtype == torch.uint8 and image.shape == (3, 32, 32)
     assert torch.equal(image[0], image[2]) and image.min() == 0 and image.max() == 255
     assert torch.equal(image[0], torch.from_numpy(np.rint(ramp / 65535 * 255).astype(np.uint8)))
@@ -306,7 +375,7 @@ def test_16_bit_png_keeps_its_pixels(tmp_path):
 
 def decoded_once(image_folder: Path, cache: Path) -> tuple[torch.Tensor, torch.Tensor, Path]:
     """The test split decoded into ``cache``, and the cache file written for it."""
-    images, labels = sources.load_folder_split(image_folder / "test", cache)
+    images, labels = image_folders.load_folder_split(image_folder / "test", cache)
     (path,) = cache.glob("*.pt")
     return images, labels, path
 
@@ -336,38 +405,88 @@ def test_a_damaged_cache_is_rebuilt_with_a_notice(case, image_folder, isolated_c
     images, labels, path = decoded_once(image_folder, isolated_cache)
     spoil_cache(case, path, images)
     capsys.readouterr()
-    again, again_labels = sources.load_folder_split(image_folder / "test", isolated_cache)
+    again, again_labels = image_folders.load_folder_split(image_folder / "test", isolated_cache)
     assert torch.equal(again, images) and torch.equal(again_labels, labels)
     lines = capsys.readouterr().err.splitlines()
     assert len(lines) == 1 and lines[0].startswith(f"the decoded-image cache '{path}' is damaged"), lines
     assert lines[0].endswith("decoding the images again")
-    sources.load_folder_split(image_folder / "test", isolated_cache)
+    image_folders.load_folder_split(image_folder / "test", isolated_cache)
     assert capsys.readouterr().err == ""  # rebuilt: intact from now on
 
 
-def fail_writing(error_number: int) -> Callable[..., None]:
+def fail_writing(error: Exception) -> Callable[..., None]:
     """A ``torch.save`` that writes part of the file, then fails like a full disk or a read-only folder."""
 
     def save(obj: object, file: BinaryIO) -> None:
         file.write(b"PK\x03\x04 partial")
-        raise OSError(error_number, os.strerror(error_number))
+        raise error
 
     return save
 
 
-@pytest.mark.parametrize("case", ["a file in its place", "disk full", "permission denied"])
+def os_error(number: int) -> OSError:
+    return OSError(number, os.strerror(number))
+
+
+# What torch.save raises: OSError writing to a file object, RuntimeError from its zip writer otherwise.
+WRITE_FAILURES = {
+    "disk full": os_error(errno.ENOSPC),
+    "disk full in the zip writer": RuntimeError("[enforce fail at inline_container.cc:672] . unexpected pos 704"),
+    "permission denied": os_error(errno.EACCES),
+    "read-only file system": os_error(errno.EROFS),
+    "file name too long": os_error(errno.ENAMETOOLONG),
+}
+
+
+@pytest.mark.parametrize("case", ["a file in its place", *WRITE_FAILURES])
 def test_an_unwritable_cache_warns_and_loading_goes_on(case, image_folder, isolated_cache, monkeypatch, capsys):
     cache = isolated_cache
     if case == "a file in its place":
         cache.write_text("not a folder")
     else:  # as root, chmod would not stop the write: fail the way the system would instead
-        monkeypatch.setattr(torch, "save", fail_writing(errno.ENOSPC if case == "disk full" else errno.EACCES))
-    images, labels = sources.load_folder_split(image_folder / "test", cache)
+        monkeypatch.setattr(torch, "save", fail_writing(WRITE_FAILURES[case]))
+    images, labels = image_folders.load_folder_split(image_folder / "test", cache)
     assert images.shape == (30, 3, 32, 32) and len(labels) == 30
-    lines = capsys.readouterr().err.splitlines()
+    assert len(image_folders.load_folder_split(image_folder / "train", cache)[1]) == 80
+    lines = capsys.readouterr().err.splitlines()  # one warning for both splits
     assert len(lines) == 1 and lines[0].startswith("warning: cannot write the decoded-image cache"), lines
     assert lines[0].endswith("pass a writable --cache-dir")
     assert not list(cache.parent.rglob("*.tmp")), "a failed write must remove its temporary file"
+
+
+@pytest.mark.parametrize("name", ["x" * 250, "é" * 125], ids=["250 letters", "250 bytes of accents"])
+def test_a_data_folder_with_a_long_name_is_cached_under_a_short_name(name, tmp_path, isolated_cache, capsys):
+    folder = write_image_folder(tmp_path / name, train_per_class=1, test_per_class=1)
+    image_folders.load_folder_split(folder / "test", isolated_cache)
+    (cached,) = isolated_cache.glob("*.pt")
+    assert len(cached.name.encode()) < 200 and cached.name.startswith(name[:20])
+    assert capsys.readouterr().err == ""  # written: no warning
+    mtime = cached.stat().st_mtime_ns
+    image_folders.load_folder_split(folder / "test", isolated_cache)
+    assert cached.stat().st_mtime_ns == mtime and capsys.readouterr().err == ""  # read back, not written again
+
+
+def killed_process_pid() -> int:
+    """The pid of a process that was killed (and reaped): no process has it now."""
+    process = subprocess.Popen([sys.executable, "-c", "import time; time.sleep(60)"])
+    process.kill()
+    process.wait()
+    return process.pid
+
+
+def test_temporary_files_of_killed_cache_writers_are_removed_and_live_ones_kept(image_folder, isolated_cache):
+    isolated_cache.mkdir()
+    target = isolated_cache / "folder-test-0123456789abcdef0123.pt"
+    killed = decode_cache.tmp_path_for(target, killed_process_pid())
+    live = decode_cache.tmp_path_for(target, os.getpid())  # another writer in this very process
+    old_foreign = target.with_name(f"{target.name}.0badcafe-1-12345678.tmp")  # from another machine, long ago
+    new_foreign = target.with_name(f"{target.name}.0badcafe-2-12345678.tmp")  # from another machine, now
+    for tmp in (killed, live, old_foreign, new_foreign):
+        tmp.write_bytes(b"half a cache")
+    hours_ago = time.time() - 2 * 3600
+    os.utime(old_foreign, (hours_ago, hours_ago))
+    image_folders.load_folder_split(image_folder / "test", isolated_cache)
+    assert sorted(isolated_cache.glob("*.tmp")) == sorted([live, new_foreign])
 
 
 def test_a_broken_link_image_is_named(image_folder):
@@ -377,11 +496,11 @@ def test_a_broken_link_image_is_named(image_folder):
 
 
 def test_decoding_a_cold_cache_shows_progress(image_folder, isolated_cache, monkeypatch, capsys):
-    monkeypatch.setattr(sources, "DECODE_PROGRESS_AFTER_S", 0.0)  # these few images decode at once
-    sources.load_folder_split(image_folder / "train", isolated_cache)
+    monkeypatch.setattr(image_folders, "DECODE_PROGRESS_AFTER_S", 0.0)  # these few images decode at once
+    image_folders.load_folder_split(image_folder / "train", isolated_cache)
     lines = capsys.readouterr().err.splitlines()
     assert len(lines) == 2, lines  # no terminal here: a line when it starts, one when it ends
     assert lines[0].startswith(f"decoding 80 images in '{image_folder / 'train'}' (once, then cached)")
     assert re.fullmatch(r"decoded 80 images in \d+ s", lines[1])
-    sources.load_folder_split(image_folder / "train", isolated_cache)
+    image_folders.load_folder_split(image_folder / "train", isolated_cache)
     assert capsys.readouterr().err == ""  # from the cache: nothing to wait for

@@ -13,7 +13,8 @@ import numpy as np
 import pytest
 import torch
 
-from lenet_lightning import CIFAR10DataModule, sources
+from lenet_lightning import CIFAR10DataModule
+from lenet_lightning import archive as official
 from lenet_lightning.cli import run
 from lenet_lightning.errors import UserError
 from tests.conftest import batch_pickle, synthetic_images, write_image_folder
@@ -70,7 +71,7 @@ def batches(archive: Path) -> Path:
 def test_official_python2_batches_are_read(archive):
     images, labels = synthetic_images(20, seed=1)
     (batches(archive) / "test_batch").write_bytes(python2_batch_pickle(images.reshape(200, -1), labels.tolist()))
-    read_images, read_labels = sources.load_archive_split(batches(archive), train=False)
+    read_images, read_labels = official.load_archive_split(batches(archive), train=False)
     assert torch.equal(read_images, torch.from_numpy(images)) and read_labels.tolist() == labels.tolist()
 
 
@@ -78,7 +79,7 @@ def test_batches_with_str_keys_are_read(archive):
     images, labels = synthetic_images(20, seed=1)
     batch = {"data": images.reshape(200, -1), "labels": labels.tolist()}
     (batches(archive) / "test_batch").write_bytes(pickle.dumps(batch, protocol=4))
-    assert torch.equal(sources.load_archive_split(batches(archive), train=False)[0], torch.from_numpy(images))
+    assert torch.equal(official.load_archive_split(batches(archive), train=False)[0], torch.from_numpy(images))
 
 
 def spoiled_batch(case: str) -> bytes:
@@ -95,6 +96,12 @@ def spoiled_batch(case: str) -> bytes:
         batch["data"] = flat / 255.0
     elif case == "no labels":
         del batch["labels"]
+    elif case == "no images":
+        batch = {"data": flat[:0], "labels": []}
+    elif case == "ragged labels":
+        batch["labels"] = [[label] * (index % 2 + 1) for index, label in enumerate(label_list)]
+    elif case == "nested labels":
+        batch["labels"] = [[label] for label in label_list]
     elif case == "truncated":
         return batch_pickle(images, label_list, "testing batch 1 of 1")[:5000]
     return pickle.dumps(batch, protocol=4)
@@ -107,6 +114,9 @@ INVALID_BATCHES = {
     "label -1": "labels range from -1 to 9, expected 0..9",
     "float pixels": "'data' holds float64 values, expected 8-bit pixels",
     "no labels": "'labels' is not a list of class numbers",
+    "no images": "it holds no images",
+    "ragged labels": "'labels' is not a list of class numbers",
+    "nested labels": "'labels' is not a list of class numbers",
     "truncated": "cannot read '",
 }
 
@@ -115,7 +125,7 @@ INVALID_BATCHES = {
 def test_an_invalid_batch_is_refused_naming_the_file_and_the_fix(case, archive):
     (batches(archive) / "test_batch").write_bytes(spoiled_batch(case))
     with pytest.raises(UserError) as refused:
-        sources.load_archive_split(batches(archive), train=False)
+        official.load_archive_split(batches(archive), train=False)
     message = str(refused.value)
     assert INVALID_BATCHES[case] in message and "test_batch" in message, message
     assert message.endswith("download again, or put the official archive's cifar-10-batches-py/ there")
@@ -147,7 +157,7 @@ def test_a_batch_that_would_run_code_is_refused_before_anything_runs(archive, tm
     marker = tmp_path / "ran"
     (batches(archive) / "data_batch_2").write_bytes(malicious_batch(marker))
     with pytest.raises(UserError, match=r"refused to read '.*data_batch_2': .* could run code \(it asks for "):
-        sources.load_archive_split(batches(archive), train=True)
+        official.load_archive_split(batches(archive), train=True)
     assert not marker.exists()
 
 
@@ -162,13 +172,15 @@ def test_fit_setup_loads_the_test_split_too(archive):
     assert len(fit_setup(archive).test_split[1]) == 200  # loaded before training, not after
 
 
-@pytest.mark.parametrize("spoil", ["missing", "corrupt"])
+@pytest.mark.parametrize("spoil", ["missing", "corrupt", "no images"])
 def test_a_broken_test_batch_stops_fit_setup(spoil, archive):
     test_batch = batches(archive) / "test_batch"
     if spoil == "missing":
         test_batch.unlink()
-    else:
+    elif spoil == "corrupt":
         test_batch.write_bytes(b"\x80\x04garbage")
+    else:
+        test_batch.write_bytes(spoiled_batch("no images"))
     with pytest.raises(UserError, match="test_batch"):
         fit_setup(archive)
 

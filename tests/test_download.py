@@ -11,6 +11,7 @@ import hashlib
 import http.server
 import os
 import re
+import shutil
 import subprocess
 import sys
 import tarfile
@@ -24,24 +25,26 @@ import pytest
 import torch
 
 from lenet_lightning import CIFAR10DataModule, download, sources
+from lenet_lightning import archive as official
 from lenet_lightning.cli import main, run
 from lenet_lightning.download import Limits
 from lenet_lightning.errors import UserError
-from tests.conftest import closed_port_url, write_cifar_archive, write_image_folder
+from tests.conftest import closed_port_url, error_line, write_cifar_archive, write_image_folder
 
 ROOT = Path(__file__).resolve().parents[1]
-FAST = Limits(connect_s=2.0, stall_s=0.5, max_left_s=1.0, judge_after_s=0.3)
+FAST = Limits(connect_s=2.0, head_s=1.5, stall_s=0.5, max_left_s=1.0, judge_after_s=0.3)
 HTML = b"<!doctype html><html><body>Please sign in to download this file.</body></html>"
 
 
 class Mirror:
     """A local HTTP server for one archive; each request takes the next answer of ``plan`` ("good" after it).
 
-    Answers: good (honours ``Range``), ignore-range, truncated (half the promised bytes, then
-    closes), stall (half, then nothing), trickle (a few kB/s), silent (no response at all),
-    held (good once ``release`` is set), missing (404), range-not-satisfiable (416), html (a page, status 200), corrupt
-    (one byte flipped), redirect-closed (301 to a closed port). ``log`` has, per request,
-    the ``Range`` header it carried and the body bytes sent.
+    Answers: good (honours ``Range``), ignore-range, slow-head (a header byte every 0.2 s), wrong-length
+    (declares 5 GB), wrong-range-total (a 206 for a longer file), no-length-oversize (no length, too many
+    bytes), truncated (half the promised bytes, then closes), stall (half, then nothing), trickle (a few kB/s),
+    silent (no response at all), held (good once ``release`` is set), missing (404), range-not-satisfiable
+    (416), html (a page, status 200), corrupt (one byte flipped), redirect-closed (301 to a closed port).
+    ``log`` has, per request, the ``Range`` header it carried and the body bytes sent.
     """
 
     def __init__(self, archive: bytes, plan: list[str]) -> None:
@@ -82,6 +85,11 @@ class Mirror:
         if answer == "silent":
             self.closing.wait(5)
             return
+        if answer == "slow-head":  # a status line, then one header byte at a time, never a whole head
+            handler.wfile.write(b"HTTP/1.0 200 OK\r\n")
+            while not self.closing.wait(0.2):
+                handler.wfile.write(b"X")
+            return
         if answer == "held":
             self.release.wait(30)
         body = HTML if answer == "html" else self.archive
@@ -92,11 +100,15 @@ class Mirror:
         wanted = re.fullmatch(r"bytes=(\d+)-", handler.headers.get("Range") or "")
         if wanted and answer != "ignore-range":
             start = int(wanted.group(1))
+            total = len(body) + (1000 if answer == "wrong-range-total" else 0)
             handler.send_response(206)
-            handler.send_header("Content-Range", f"bytes {start}-{len(body) - 1}/{len(body)}")
+            handler.send_header("Content-Range", f"bytes {start}-{len(body) - 1}/{total}")
         else:
             handler.send_response(200)
-        handler.send_header("Content-Length", str(len(body) - start))
+        if answer == "no-length-oversize":  # no Content-Length: the body ends when the connection closes
+            body += b"\0" * 100_000
+        else:
+            handler.send_header("Content-Length", str(5_000_000_000 if answer == "wrong-length" else len(body) - start))
         handler.send_header("ETag", '"v1"')
         handler.end_headers()
         self.send(handler, answer, body[start:], entry)
@@ -153,9 +165,10 @@ def serve(archive) -> Iterator[Callable[..., Mirror]]:
 
 
 @pytest.fixture
-def official_md5_is(md5, monkeypatch) -> None:
+def official_md5_is(archive, md5, monkeypatch) -> None:
     """Code that uses the default md5 (the DataModule, the command line) accepts the tiny archive."""
-    monkeypatch.setattr(sources, "ARCHIVE_MD5", md5)
+    monkeypatch.setattr(official, "ARCHIVE_MD5", md5)
+    monkeypatch.setattr(official, "ARCHIVE_SIZE", len(archive))
 
 
 def visible(data_dir: Path) -> list[str]:
@@ -188,6 +201,7 @@ def dropped_notices(capsys) -> list[str]:
         pytest.param("trickle", r"too slow \(\d+ kB/s: \d+ s left, more than 1 s\)", id="trickle"),
         pytest.param("stall", r"sent nothing for 0\.5 s after \d+ kB", id="stall-mid-transfer"),
         pytest.param("silent", r"sent nothing for 0\.5 s", id="no-response"),
+        pytest.param("slow-head", r"sent no complete response head within 1\.5 s", id="trickled-head"),
         pytest.param("missing", r"HTTP 404 Not Found", id="404"),
         pytest.param("html", r"sent a different file \(md5 [0-9a-f]{32}, expected [0-9a-f]{32}\)", id="html-with-200"),
         pytest.param("corrupt", r"sent a different file \(md5 [0-9a-f]{32}, expected [0-9a-f]{32}\)", id="corrupt"),
@@ -196,7 +210,7 @@ def dropped_notices(capsys) -> list[str]:
 def test_a_failing_source_is_dropped_in_one_line_for_the_next(answer, reason, serve, md5, tmp_path, capsys):
     bad, good = serve(answer), serve()
     started = time.monotonic()
-    sources.download_archive(tmp_path / "data", [bad.url, good.url], md5, limits=FAST)
+    official.download_archive(tmp_path / "data", [bad.url, good.url], md5, limits=FAST)
     assert time.monotonic() - started < 5
     dropped = dropped_notices(capsys)
     assert len(dropped) == 1 and re.fullmatch(rf"dropped {bad.host}: {reason}; trying {good.host}", dropped[0])
@@ -204,10 +218,73 @@ def test_a_failing_source_is_dropped_in_one_line_for_the_next(answer, reason, se
     assert_unpacked(tmp_path / "data")
 
 
+@pytest.mark.parametrize(
+    ("answer", "reason"),
+    [
+        pytest.param("wrong-length", r"declares 5000000000 bytes, but cifar-10-python\.tar\.gz has \d+", id="200"),
+        pytest.param("no-length-oversize", r"sent more than the \d+ bytes the file has", id="no-length"),
+    ],
+)
+def test_a_source_with_another_size_is_dropped_and_keeps_nothing(answer, reason, serve, md5, tmp_path):
+    data_dir = tmp_path / "data"
+    with pytest.raises(UserError) as caught:
+        official.download_archive(data_dir, [serve(answer).url], md5, limits=FAST, size=len(serve().archive))
+    assert re.fullmatch(rf"  http://\S+: {reason}", str(caught.value).splitlines()[1])
+    assert not (data_dir / ".cifar-10-python.tar.gz.part").exists()
+    assert_clean(data_dir)
+
+
+def test_a_resumed_transfer_of_another_total_is_dropped(serve, md5, tmp_path, capsys):
+    bad, good = serve("truncated", "wrong-range-total"), serve()
+    official.download_archive(tmp_path / "data", [bad.url, good.url], md5, limits=FAST, size=len(bad.archive))
+    (dropped,) = dropped_notices(capsys)
+    assert dropped == f"dropped {bad.host}: declares {len(bad.archive) + 1000} bytes, but cifar-10-python.tar.gz " + (
+        f"has {len(bad.archive)}; trying {good.host}"
+    )
+    assert_unpacked(tmp_path / "data")
+
+
+def test_the_official_archive_size_is_checked_by_default(serve, md5, tmp_path, monkeypatch):
+    monkeypatch.setattr(official, "ARCHIVE_MD5", md5)  # the md5 of the tiny archive, but the official size
+    mirror = serve()
+    declared = rf"declares {len(mirror.archive)} bytes, but cifar-10-python\.tar\.gz has 170498071"
+    with pytest.raises(UserError, match=declared):
+        official.download_archive(tmp_path / "data", [mirror.url], limits=FAST)
+
+
+def disk_with_free_bytes(free: int) -> Any:
+    """What ``shutil.disk_usage`` says for a large disk with only ``free`` bytes left."""
+    return shutil._ntuple_diskusage(10**12, 10**12 - free, free)
+
+
+def test_no_room_for_the_archive_is_one_line_before_downloading(serve, md5, tmp_path, monkeypatch):
+    mirror, data_dir = serve(), tmp_path / "data"
+    monkeypatch.setattr(shutil, "disk_usage", lambda path: disk_with_free_bytes(50_000_000))
+    with pytest.raises(UserError) as caught:
+        official.download_archive(data_dir, [mirror.url], md5, limits=FAST, size=170_498_071)
+    assert str(caught.value) == (
+        f"not enough free space in '{data_dir}' for downloading CIFAR-10: it needs 378.0 MB, 50.0 MB are free; "
+        "free some space there, or pass a --data-dir on a disk with more room"
+    )
+    assert mirror.log == []
+    assert_clean(data_dir)
+
+
+def test_no_room_to_unpack_an_archive_put_there_by_hand_is_one_line(archive, md5, tmp_path, monkeypatch):
+    data_dir = tmp_path / "data"
+    data_dir.mkdir()
+    (data_dir / "cifar-10-python.tar.gz").write_bytes(archive)
+    monkeypatch.setattr(shutil, "disk_usage", lambda path: disk_with_free_bytes(1000))
+    needs = rf"^not enough free space in '{re.escape(str(data_dir))}' for unpacking CIFAR-10: it needs 20\.\d MB, 1 kB"
+    with pytest.raises(UserError, match=needs):
+        official.unpack_local_archive(data_dir, md5)
+    assert visible(data_dir) == ["cifar-10-python.tar.gz"]
+
+
 def test_the_last_source_is_never_dropped_for_being_slow(serve, md5, tmp_path, capsys):
     impatient = Limits(stall_s=2.0, max_left_s=1e-9, judge_after_s=0.0)  # every source is "too slow"
     first, last = serve(), serve()
-    sources.download_archive(tmp_path / "data", [first.url, last.url], md5, limits=impatient)
+    official.download_archive(tmp_path / "data", [first.url, last.url], md5, limits=impatient)
     dropped = dropped_notices(capsys)
     assert len(dropped) == 1 and dropped[0].startswith(f"dropped {first.host}: too slow")
     assert last.log == [{"range": None, "sent": len(last.archive)}]
@@ -218,7 +295,7 @@ def test_all_sources_failing_gives_one_line_each_then_what_to_do(serve, md5, tmp
     failing = [serve("redirect-closed"), serve("missing"), serve("html"), serve("truncated", "truncated", "truncated")]
     data_dir = tmp_path / "data"
     with pytest.raises(UserError) as caught:
-        sources.download_archive(data_dir, [mirror.url for mirror in failing], md5, limits=FAST)
+        official.download_archive(data_dir, [mirror.url for mirror in failing], md5, limits=FAST)
     lines = str(caught.value).splitlines()
     assert lines[0] == f"no CIFAR-10 data in '{data_dir}', and no source delivered cifar-10-python.tar.gz:"
     assert re.fullmatch(rf"  {re.escape(failing[0].url)}: redirected to 127\.0\.0\.1:\d+: connection refused", lines[1])
@@ -241,7 +318,7 @@ def test_a_bad_download_leaves_an_existing_data_folder_as_it_was(serve, md5, tmp
     data_dir.mkdir()
     (data_dir / "notes.txt").write_text("mine")
     with pytest.raises(UserError, match="HTTP 404"):
-        sources.download_archive(data_dir, [serve("missing").url], md5, limits=FAST)
+        official.download_archive(data_dir, [serve("missing").url], md5, limits=FAST)
     assert visible(data_dir) == ["notes.txt"] and (data_dir / "notes.txt").read_text() == "mine"
 
 
@@ -250,7 +327,7 @@ def test_a_bad_download_leaves_an_existing_data_folder_as_it_was(serve, md5, tmp
 
 def test_a_broken_connection_is_resumed_with_range(serve, md5, tmp_path, capsys):
     mirror = serve("truncated", "good")
-    sources.download_archive(tmp_path / "data", [mirror.url], md5, limits=FAST)
+    official.download_archive(tmp_path / "data", [mirror.url], md5, limits=FAST)
     first, second = mirror.log
     assert first["sent"] == len(mirror.archive) // 2
     assert second == {"range": f"bytes={first['sent']}-", "sent": len(mirror.archive) - first["sent"]}
@@ -269,26 +346,26 @@ def test_ctrl_c_leaves_a_hidden_partial_file_that_the_next_run_resumes(serve, md
 
     monkeypatch.setattr(download.Progress, "update", ctrl_c_midway)
     with pytest.raises(KeyboardInterrupt):
-        sources.download_archive(data_dir, [mirror.url], md5, limits=FAST)
+        official.download_archive(data_dir, [mirror.url], md5, limits=FAST)
     assert_clean(data_dir)
     kept = (data_dir / ".cifar-10-python.tar.gz.part").stat().st_size
     assert 0 < kept < len(mirror.archive)
     monkeypatch.setattr(download.Progress, "update", update)
-    sources.download_archive(data_dir, [mirror.url], md5, limits=FAST)
+    official.download_archive(data_dir, [mirror.url], md5, limits=FAST)
     assert mirror.log[1] == {"range": f"bytes={kept}-", "sent": len(mirror.archive) - kept}
     assert_unpacked(data_dir)
 
 
 def test_a_server_that_ignores_range_sends_it_all_again_and_that_is_used(serve, md5, tmp_path):
     mirror = serve("truncated", "ignore-range")
-    sources.download_archive(tmp_path / "data", [mirror.url], md5, limits=FAST)
+    official.download_archive(tmp_path / "data", [mirror.url], md5, limits=FAST)
     assert mirror.log[1] == {"range": f"bytes={len(mirror.archive) // 2}-", "sent": len(mirror.archive)}
     assert_unpacked(tmp_path / "data")
 
 
 def test_a_server_that_cannot_resume_is_asked_for_the_whole_file_again(serve, md5, tmp_path):
     mirror = serve("truncated", "range-not-satisfiable", "good")
-    sources.download_archive(tmp_path / "data", [mirror.url], md5, limits=FAST)
+    official.download_archive(tmp_path / "data", [mirror.url], md5, limits=FAST)
     assert [entry["range"] for entry in mirror.log] == [None, f"bytes={len(mirror.archive) // 2}-", None]
     assert_unpacked(tmp_path / "data")
 
@@ -299,8 +376,17 @@ def test_a_download_complete_before_a_crash_is_unpacked_without_downloading_agai
     data_dir.mkdir()
     partial.start(closed_port_url(), None, len(archive))
     partial.path.write_bytes(archive)  # then the run was killed while unpacking
-    sources.download_archive(data_dir, [closed_port_url()], md5, limits=FAST)
+    official.download_archive(data_dir, [closed_port_url()], md5, limits=FAST)
     assert_unpacked(data_dir)
+
+
+def test_the_scratch_folder_of_a_run_killed_while_unpacking_is_removed_by_the_next(serve, md5, tmp_path):
+    data_dir = tmp_path / "data"
+    abandoned = data_dir / ".unpack-k1ll3d" / "unpacked" / "cifar-10-batches-py"
+    abandoned.mkdir(parents=True)
+    (abandoned / "data_batch_1").write_bytes(b"half")
+    official.download_archive(data_dir, [serve().url], md5, limits=FAST)
+    assert_unpacked(data_dir)  # the lock and the data: no scratch folder left
 
 
 # --- one download per folder -------------------------------------------------------
@@ -309,11 +395,11 @@ def test_a_download_complete_before_a_crash_is_unpacked_without_downloading_agai
 def test_two_processes_downloading_into_one_folder_download_once(serve, md5, tmp_path):
     mirror, data_dir = serve("held"), tmp_path / "data"
     # The package's __init__ imports Lightning (seconds on a busy machine); the download needs only
-    # lenet_lightning.sources, so each process imports that module alone.
+    # lenet_lightning.archive, so each process imports that module alone.
     code = (
         "import sys, types; from pathlib import Path; package = types.ModuleType('lenet_lightning'); "
         "package.__path__ = [sys.argv[4]]; sys.modules['lenet_lightning'] = package; "
-        "from lenet_lightning.sources import download_archive; "
+        "from lenet_lightning.archive import download_archive; "
         "download_archive(Path(sys.argv[1]), [sys.argv[2]], sys.argv[3])"
     )
     env = {**os.environ, "PYTHONPATH": str(ROOT)}
@@ -387,6 +473,24 @@ def test_data_already_there_is_not_downloaded(serve, archive, official_md5_is, t
     assert sources.detect_source(by_hand) == "archive"
 
 
+@pytest.mark.parametrize("given", ["http://[::1", "ftp://x", "http://", "http://host:port/x", "", " , "])
+def test_a_malformed_download_url_is_one_line_naming_it(given, tmp_path):
+    with pytest.raises(UserError) as caught:
+        CIFAR10DataModule(str(tmp_path / "data"), download_url=given)
+    message = str(caught.value)
+    assert "\n" not in message
+    if given.strip(" ,"):
+        assert message.startswith(f"--download-url '{given}' ") and "give http:// or https:// URLs" in message
+    else:
+        assert message.startswith("--download-url is empty: give the URL of a copy of cifar-10-python.tar.gz")
+
+
+def test_a_malformed_url_in_the_environment_is_one_line_naming_it(monkeypatch):
+    monkeypatch.setenv(download.DOWNLOAD_URL_ENV, "https://ok.example/x,ftp://x")
+    with pytest.raises(UserError, match=r"^\$LENET_LIGHTNING_DOWNLOAD_URL 'ftp://x' is not an http:// or https:// URL"):
+        download.source_urls()
+
+
 # --- the command line ---------------------------------------------------------------
 
 
@@ -401,6 +505,16 @@ def test_the_command_line_reports_each_failing_source_then_what_to_do(serve, off
     assert error[1].startswith(f"  {mirror.url}: sent a different file (md5 ")
     assert error[2].startswith("what to do: add a mirror with --download-url") and len(error) == 3
     assert_clean(data_dir)
+
+
+def test_the_command_line_refuses_a_malformed_download_url_in_one_line(tmp_path, capsys):
+    argv = ["--data-dir", str(tmp_path / "data"), "--log-dir", str(tmp_path / "logs"), "--accelerator", "cpu"]
+    assert run([*argv, "--download-url", "http://[::1"]) == 2
+    assert error_line(capsys) == (
+        "error: --download-url 'http://[::1' is not a valid URL (Invalid IPv6 URL): give http:// or https:// URLs "
+        "such as https://example.org/cifar-10-python.tar.gz, separated by commas"
+    )
+    assert not (tmp_path / "data").exists()
 
 
 def test_train_downloads_from_the_given_mirror_then_trains_and_tests(serve, official_md5_is, tmp_path):
