@@ -6,12 +6,8 @@ problems are a notice, writing problems a one-line warning, and the run goes on.
 
 from __future__ import annotations
 
-import contextlib
-import functools
 import hashlib
 import os
-import socket
-import time
 import uuid
 from pathlib import Path
 from typing import Any
@@ -20,6 +16,7 @@ import torch
 from torch import Tensor
 
 from lenet_lightning.cifar10 import IMAGE_SIZE
+from lenet_lightning.leftovers import owner_tag, remove_abandoned
 from lenet_lightning.progress import notice
 
 
@@ -73,13 +70,13 @@ def write_cache(path: Path, images: Tensor, labels: Tensor) -> None:
     The file is written under a temporary name unique to this writer, then renamed, so a
     killed run never leaves a truncated cache and concurrent writers never remove each
     other's files; a failed write removes its own temporary file, and those of killed
-    writers are removed by the next writer (:func:`remove_abandoned_tmp_files`). Whatever
+    writers are removed by the next writer (:func:`~lenet_lightning.leftovers.remove_abandoned`). Whatever
     fails (a full disk, a read-only folder, a name too long), the run goes on without it.
     """
     tmp = tmp_path_for(path, os.getpid())
     try:
         path.parent.mkdir(parents=True, exist_ok=True)
-        remove_abandoned_tmp_files(path.parent)
+        remove_abandoned(path.parent, TMP_PREFIX)
         try:
             with tmp.open("wb") as file:
                 torch.save({"images": images, "labels": labels, "sha256": split_digest(images, labels)}, file)
@@ -101,55 +98,13 @@ def write_cache(path: Path, images: Tensor, labels: Tensor) -> None:
 _WARNED: set[tuple[Path, str]] = set()  # (cache folder, reason) already warned about by this process
 
 
-# A temporary file is "<cache name>.<process space>-<pid>-<random>.tmp"; the process space tells
-# whether this process can see that pid (the same machine, boot and pid namespace).
-TMP_SUFFIX = ".tmp"
-STALE_TMP_S = 3600.0  # a writer from another process space whose file has not changed for this long is gone
+# A temporary file is ".tmp-<owner tag><random>-<cache name>" (see lenet_lightning.leftovers).
+TMP_PREFIX = ".tmp-"
 
 
 def tmp_path_for(path: Path, pid: int) -> Path:
     """The temporary file a process with ``pid`` (here) writes ``path`` through."""
-    return path.with_name(f"{path.name}.{_process_space()}-{pid}-{uuid.uuid4().hex[:8]}{TMP_SUFFIX}")
-
-
-def remove_abandoned_tmp_files(cache_dir: Path) -> None:
-    """Remove the temporary files of cache writers that were killed before renaming them.
-
-    A file is removed when its writer is known dead (named for a pid of this process space
-    that no longer runs) or, from elsewhere, when it has not changed for :data:`STALE_TMP_S`:
-    a live writer's file is never either (it writes continuously, for seconds).
-    """
-    now = time.time()
-    for tmp in cache_dir.glob(f"*.pt.*{TMP_SUFFIX}"):
-        space, _, rest = tmp.name.rsplit(".", 2)[1].partition("-")
-        pid = rest.partition("-")[0]
-        try:
-            dead = space == _process_space() and pid.isdigit() and not _is_running(int(pid))
-            if dead or now - tmp.stat().st_mtime > STALE_TMP_S:
-                tmp.unlink()
-        except OSError:  # gone already (its writer finished), or not ours to remove: leave it
-            continue
-
-
-def _is_running(pid: int) -> bool:
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return False
-    except PermissionError:  # another user's process: running
-        return True
-    return True
-
-
-@functools.cache
-def _process_space() -> str:
-    """A short tag for where pids mean the same process: this machine, since this boot, in this pid namespace."""
-    parts = [socket.gethostname()]
-    with contextlib.suppress(OSError):
-        parts.append(Path("/proc/sys/kernel/random/boot_id").read_text().strip())
-    with contextlib.suppress(OSError):
-        parts.append(str(os.stat("/proc/self/ns/pid").st_ino))
-    return hashlib.sha256("\n".join(parts).encode()).hexdigest()[:8]
+    return path.with_name(f"{TMP_PREFIX}{owner_tag(pid)}{uuid.uuid4().hex[:8]}-{path.name}")
 
 
 # Cache names keep the data folder's name to be recognisable, cut short and hashed when long: a file

@@ -30,7 +30,7 @@ from lenet_lightning.cifar10 import ARCHIVE_FOLDER, default_cache_dir
 from lenet_lightning.errors import UserError
 from lenet_lightning.image_folders import list_image_folder
 from lenet_lightning.inference import INPUT_NAME, OUTPUT_NAME, ImageClassifier, classifier_from_checkpoint
-from lenet_lightning.leftovers import remove_stale, temporary_name
+from lenet_lightning.leftovers import owner_tag, remove_abandoned
 from lenet_lightning.model_card import model_card, render_card
 from lenet_lightning.sources import detect_source, load_split
 
@@ -124,8 +124,8 @@ def staging_folder(out_dir: Path) -> Iterator[Path]:
     prefix = f".{target.name}.export-"
     try:
         target.parent.mkdir(parents=True, exist_ok=True)
-        remove_stale(target.parent, prefix)
-        folder = tempfile.mkdtemp(dir=target.parent, prefix=temporary_name(prefix))
+        remove_abandoned(target.parent, prefix)
+        folder = tempfile.mkdtemp(dir=target.parent, prefix=prefix + owner_tag())
     except OSError as error:
         raise UserError(f"cannot write next to '{out_dir}' ({error.strerror}): pass a writable --export DIR") from None
     try:

@@ -479,14 +479,14 @@ def test_temporary_files_of_killed_cache_writers_are_removed_and_live_ones_kept(
     target = isolated_cache / "folder-test-0123456789abcdef0123.pt"
     killed = decode_cache.tmp_path_for(target, killed_process_pid())
     live = decode_cache.tmp_path_for(target, os.getpid())  # another writer in this very process
-    old_foreign = target.with_name(f"{target.name}.0badcafe-1-12345678.tmp")  # from another machine, long ago
-    new_foreign = target.with_name(f"{target.name}.0badcafe-2-12345678.tmp")  # from another machine, now
+    old_foreign = target.with_name(f".tmp-0badcafe-1-12345678-{target.name}")  # from another machine, long ago
+    new_foreign = target.with_name(f".tmp-0badcafe-2-12345678-{target.name}")  # from another machine, now
     for tmp in (killed, live, old_foreign, new_foreign):
         tmp.write_bytes(b"half a cache")
     hours_ago = time.time() - 2 * 3600
     os.utime(old_foreign, (hours_ago, hours_ago))
     image_folders.load_folder_split(image_folder / "test", isolated_cache)
-    assert sorted(isolated_cache.glob("*.tmp")) == sorted([live, new_foreign])
+    assert sorted(isolated_cache.glob(".tmp-*")) == sorted([live, new_foreign])
 
 
 def test_a_broken_link_image_is_named(image_folder):

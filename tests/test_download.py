@@ -28,7 +28,7 @@ from lenet_lightning import CIFAR10DataModule, download, sources
 from lenet_lightning import archive as official
 from lenet_lightning.cli import main, run
 from lenet_lightning.download import Limits
-from lenet_lightning.errors import UserError
+from lenet_lightning.errors import SettingError, UserError
 from tests.conftest import closed_port_url, error_line, write_cifar_archive, write_image_folder
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -475,14 +475,14 @@ def test_data_already_there_is_not_downloaded(serve, archive, official_md5_is, t
 
 @pytest.mark.parametrize("given", ["http://[::1", "ftp://x", "http://", "http://host:port/x", "", " , "])
 def test_a_malformed_download_url_is_one_line_naming_it(given, tmp_path):
-    with pytest.raises(UserError) as caught:
+    with pytest.raises(SettingError) as caught:
         CIFAR10DataModule(str(tmp_path / "data"), download_url=given)
     message = str(caught.value)
-    assert "\n" not in message
+    assert "\n" not in message and caught.value.parameter == "download_url"
     if given.strip(" ,"):
-        assert message.startswith(f"--download-url '{given}' ") and "give http:// or https:// URLs" in message
+        assert message.startswith(f"download_url '{given}' ") and "give http:// or https:// URLs" in message
     else:
-        assert message.startswith("--download-url is empty: give the URL of a copy of cifar-10-python.tar.gz")
+        assert message.startswith("download_url is empty: give the URL of a copy of cifar-10-python.tar.gz")
 
 
 def test_a_malformed_url_in_the_environment_is_one_line_naming_it(monkeypatch):
