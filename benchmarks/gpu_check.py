@@ -42,7 +42,8 @@ from torch.nn import functional as F
 from lenet_lightning import experiment
 from lenet_lightning.data import CIFAR10DataModule
 from lenet_lightning.model import LeNet5
-from lenet_lightning.module import LeNetClassifier, build_optimizer, build_scheduler
+from lenet_lightning.module import LeNetClassifier
+from lenet_lightning.optimization import build_optimizer, build_scheduler
 from lenet_lightning.runs import claim_run_dir
 from lenet_lightning.settings import data_arguments, model_arguments, resolve_settings, run_options
 

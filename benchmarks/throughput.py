@@ -80,7 +80,8 @@ from lenet_lightning.data import CIFAR10DataModule
 from lenet_lightning.experiment import build_logger, build_trainer, quiet_console
 from lenet_lightning.hardware import check_hardware
 from lenet_lightning.model import LeNet5
-from lenet_lightning.module import LeNetClassifier, build_optimizer, build_scheduler
+from lenet_lightning.module import LeNetClassifier
+from lenet_lightning.optimization import build_optimizer, build_scheduler
 from lenet_lightning.runs import claim_run_dir
 from lenet_lightning.settings import RECIPES, data_arguments, model_arguments, resolve_settings, run_options
 

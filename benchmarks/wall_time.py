@@ -32,7 +32,8 @@ from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from lenet_lightning.settings import dump_config, recipe_settings
+from lenet_lightning.records import dump_config
+from lenet_lightning.settings import recipe_settings
 
 ROOT = Path(__file__).resolve().parents[1]
 

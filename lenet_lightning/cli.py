@@ -21,6 +21,7 @@ from lenet_lightning.checkpoints import load_checkpoint
 from lenet_lightning.errors import PreemptedError, SettingError, UserError
 from lenet_lightning.export import export_bundle, summary_text
 from lenet_lightning.predict import predict_paths
+from lenet_lightning.records import checkpoint_record, dump_config, load_config
 from lenet_lightning.runs import check_resumable, find_last_checkpoint
 from lenet_lightning.settings import (
     DEFAULTS,
@@ -30,10 +31,7 @@ from lenet_lightning.settings import (
     annotation_choices,
     annotation_types,
     check_resume_changes,
-    checkpoint_record,
-    dump_config,
     flag,
-    load_config,
     resolve_settings,
     validate_settings,
 )

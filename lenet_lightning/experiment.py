@@ -35,6 +35,7 @@ from lenet_lightning.errors import PreemptedError, UserError, invocation
 from lenet_lightning.hardware import check_hardware
 from lenet_lightning.module import LeNetClassifier
 from lenet_lightning.pictures import TensorBoardPictures, confusion_image
+from lenet_lightning.records import checkpoint_settings, dump_config, plain
 from lenet_lightning.reporting import format_table, metrics_from_confusion, write_json
 from lenet_lightning.runs import (
     VERSION_PREFIX,
@@ -50,12 +51,9 @@ from lenet_lightning.settings import (
     CHANGEABLE_ON_RESUME,
     SETTINGS,
     RunOptions,
-    checkpoint_settings,
     data_arguments,
-    dump_config,
     flag,
     model_arguments,
-    plain,
     resolve_settings,
     run_options,
 )

@@ -20,9 +20,10 @@ import torch
 
 import lenet_lightning
 from lenet_lightning.inference import INPUT_NAME, OUTPUT_NAME, ImageClassifier, checkpoint_normalization
+from lenet_lightning.records import checkpoint_settings, plain
 from lenet_lightning.reporting import METRICS_FILE, NO_METRICS_FILE, metrics_from_confusion, read_test_metrics
 from lenet_lightning.runs import run_dir_of
-from lenet_lightning.settings import CHANGEABLE_ON_RESUME, checkpoint_settings, plain
+from lenet_lightning.settings import CHANGEABLE_ON_RESUME
 
 LIMITS = [
     "Trained and tested only on CIFAR-10-like images: 32x32 RGB, one centred object of the ten classes. "

@@ -23,7 +23,8 @@ from typing_extensions import override
 
 from lenet_lightning.checkpoints import DIGEST_KEY, state_digest
 from lenet_lightning.errors import UserError, invocation
-from lenet_lightning.settings import RUN_KEY, SETTINGS, RunOptions
+from lenet_lightning.records import RUN_KEY
+from lenet_lightning.settings import SETTINGS, RunOptions
 
 VERSION_PREFIX = "version_"
 VERSION_PATTERN = re.compile(r"version_([0-9]+)")

@@ -8,11 +8,8 @@ all go through this table, and the classes validate every value themselves.
 
 A run is resolved in this order, later layers winning: the defaults, the recipe,
 the settings a resumed checkpoint holds, a ``--config`` file's changes, the flags
-given now. The resolved settings go into the run folder's ``config.yaml``; the
-checkpoints hold the same values as the model's ``hyper_parameters``, the
-DataModule's ``datamodule_hyper_parameters`` and the run options, and
-:func:`checkpoint_settings` reads them back for evaluating, predicting, exporting
-and resuming.
+given now. Where the resolved settings are written and read back (``config.yaml``,
+checkpoints) is :mod:`lenet_lightning.records`.
 """
 
 from __future__ import annotations
@@ -23,10 +20,8 @@ import types
 import typing
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass
-from pathlib import Path
 from typing import Any, Literal, get_args, get_origin
 
-import yaml
 from lightning.pytorch.strategies import StrategyRegistry
 
 from lenet_lightning.data import CIFAR10DataModule
@@ -39,10 +34,6 @@ AcceleratorName = Literal["auto", "cpu", "gpu", "cuda", "mps"]
 PrecisionName = Literal["32-true", "64-true", "bf16-mixed", "bf16-true", "16-mixed", "16-true"]
 PRECISIONS: tuple[str, ...] = get_args(PrecisionName)
 PRECISION_ALIASES = {"32": "32-true", "64": "64-true", "16": "16-mixed", "bf16": "bf16-mixed"}
-# The run options a checkpoint written by train.py holds (the model's and data's are Lightning's own keys).
-RUN_KEY = "lenet_lightning_run"
-# Checkpoints of earlier releases held every setting, flat, under this key.
-EARLIER_KEY = "lenet_lightning_settings"
 
 
 @dataclass(frozen=True)
@@ -289,72 +280,9 @@ def check_resume_changes(saved: Mapping[str, Any], requested: Mapping[str, Any])
         )
 
 
-def checkpoint_record(checkpoint: Mapping[str, Any]) -> dict[str, Any]:
-    """The settings a checkpoint holds, whichever way in saved it (only those it holds).
-
-    train.py's checkpoints hold the run options under ``RUN_KEY``; LightningCLI's and a plain
-    ``Trainer``'s hold only the model's and the DataModule's hyperparameters; earlier releases
-    held everything under ``EARLIER_KEY``.
-    """
-    record: dict[str, Any] = dict(checkpoint.get(EARLIER_KEY) or {})
-    record.update(checkpoint.get(RUN_KEY) or {})
-    record.update({k: v for k, v in (checkpoint.get("hyper_parameters") or {}).items() if k in MODEL_KEYS})
-    record.update({k: v for k, v in (checkpoint.get("datamodule_hyper_parameters") or {}).items() if k in DATA_KEYS})
-    return {key: value for key, value in record.items() if key in SETTINGS}
-
-
-def checkpoint_settings(checkpoint: Mapping[str, Any]) -> dict[str, Any]:
-    """Every setting of the run a checkpoint comes from (those it does not hold take their defaults)."""
-    return resolve_settings({}, saved=checkpoint_record(checkpoint))
-
-
 def flag(key: str) -> str:
     """The command-line flag of a settings key: ``max_epochs`` -> ``--max-epochs``."""
     return "--" + key.replace("_", "-")
-
-
-def load_config(path: Path) -> dict[str, Any]:
-    """Read a YAML file of settings (a run's ``config.yaml``), refusing what no run can use in one line.
-
-    Checks the file (readable, UTF-8, YAML, a mapping of known keys); the values are
-    checked by the classes that take them (:func:`validate_settings`).
-    """
-    try:
-        text = path.read_bytes().decode("utf-8")
-        loaded = yaml.safe_load(text)
-    except OSError as error:
-        raise UserError(f"cannot read --config '{path}' ({error.strerror}): pass a run's config.yaml") from None
-    except UnicodeDecodeError as error:
-        raise UserError(
-            f"--config '{path}' is not UTF-8 text (byte {error.start}): save it as UTF-8 or regenerate it "
-            "with train.py --print-config"
-        ) from None
-    except yaml.YAMLError as error:
-        raise UserError(
-            f"--config '{path}' is not valid YAML ({str(error).splitlines()[0]}): fix or regenerate it"
-        ) from None
-    if not isinstance(loaded, dict):
-        raise UserError(f"--config '{path}' holds no settings: pass a run's config.yaml (key: value per line)")
-    unknown = sorted(str(key) for key in set(loaded) - set(SETTINGS))
-    if unknown:
-        raise UserError(
-            f"--config '{path}' has unknown settings {unknown}: remove them (known: see train.py --print-config)"
-        )
-    return loaded
-
-
-def dump_config(settings: Mapping[str, Any]) -> str:
-    """The settings as plain YAML, in ``SETTINGS`` order (what ``--config`` and ``yaml.safe_load`` read back)."""
-    return yaml.safe_dump({key: plain(settings[key]) for key in SETTINGS}, sort_keys=False)
-
-
-def plain(value: Any) -> Any:
-    """A value as plain YAML/JSON data (paths as strings, tuples as lists)."""
-    if isinstance(value, Path):
-        return str(value)
-    if isinstance(value, (tuple, list)):
-        return [plain(item) for item in value]
-    return value
 
 
 def annotation_choices(annotation: Any) -> tuple[str, ...] | None:

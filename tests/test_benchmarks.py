@@ -4,7 +4,8 @@ import subprocess
 import sys
 from pathlib import Path
 
-from lenet_lightning.settings import dump_config, recipe_settings
+from lenet_lightning.records import dump_config
+from lenet_lightning.settings import recipe_settings
 
 ROOT = Path(__file__).resolve().parents[1]
 

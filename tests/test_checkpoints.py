@@ -22,7 +22,7 @@ from lenet_lightning.checkpoints import DIGEST_KEY, load_checkpoint, state_diges
 from lenet_lightning.cli import run
 from lenet_lightning.errors import UserError
 from lenet_lightning.inference import classifier_from_checkpoint
-from lenet_lightning.settings import RUN_KEY
+from lenet_lightning.records import RUN_KEY
 from tests.conftest import error_line, synthetic_images
 
 

@@ -9,7 +9,7 @@ from torch.utils.data import DataLoader, TensorDataset
 
 from lenet_lightning import CIFAR10_CLASSES, LeNetClassifier
 from lenet_lightning.errors import SettingError
-from lenet_lightning.module import warmup_cosine
+from lenet_lightning.optimization import warmup_cosine
 from lenet_lightning.reporting import format_table, metrics_from_confusion, write_json
 
 

@@ -14,7 +14,7 @@ from torch.utils.data import DataLoader, TensorDataset
 from lenet_lightning import CIFAR10_CLASSES, LeNetClassifier, experiment
 from lenet_lightning.batches import augment
 from lenet_lightning.cli import main
-from lenet_lightning.module import build_optimizer
+from lenet_lightning.optimization import build_optimizer
 from lenet_lightning.settings import RECIPES, SETTINGS, recipe_settings, resolve_settings
 from tests.conftest import last_checkpoints, write_cifar_archive
 from tests.test_module import LogitsFromImage
