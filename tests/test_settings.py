@@ -193,3 +193,12 @@ def test_lightning_cli_prints_the_same_settings_as_train_py(tmp_path, capsys):
     assert {key: sections[key] for key in shared} == {key: ours[key] for key in shared}
     assert {"lr", "batch_size", "val_size", "max_epochs", "precision", "deterministic"} <= set(shared)
     assert theirs["seed_everything"] == ours["seed"]
+
+
+def test_lightning_cli_names_a_refused_value_by_its_parameter_path(capsys):
+    from lenet_lightning.lightning_cli import main as lightning_cli
+
+    with pytest.raises(SystemExit) as exited:
+        lightning_cli(["fit", "--data.val_size", "0", "--trainer.logger", "false"])
+    assert exited.value.code == 2
+    assert "error: --data.val_size must be at least 1, got 0" in capsys.readouterr().err
