@@ -289,7 +289,7 @@ def several_processes(args: list[str]) -> bool:
 
 def run_process(args: list[str], block: Block) -> None:
     done = subprocess.run(
-        [sys.executable, "train.py", *args],
+        [sys.executable, str(ROOT / "train.py"), *args],
         cwd=Path.cwd(),
         capture_output=True,
         text=True,
@@ -519,3 +519,72 @@ def test_readme_layout_names_every_module() -> None:
     listed = set(re.findall(r"^\s+(\w+\.py)\s", layout, flags=re.M))
     modules = {path.name for path in (ROOT / "lenet_lightning").glob("*.py")} - {"__init__.py"}
     assert not modules - listed, f"README.md's layout lacks {sorted(modules - listed)}"
+
+
+# --- the error table: each row's command prints the row's line ---------------------------------
+
+ERRORS = ROOT / "docs" / "errors.md"
+
+
+@dataclass
+class ErrorRow:
+    line: int
+    case: str
+    command: list[str]
+    expected: str
+    exit_code: int
+
+
+def error_rows() -> list[ErrorRow]:
+    """Rows of docs/errors.md's tables whose command cell is a ``python train.py`` command."""
+    if not ERRORS.exists() or ERRORS not in DOCUMENTS:
+        return []
+    rows = []
+    for number, line in enumerate(ERRORS.read_text(encoding="utf-8").splitlines(), start=1):
+        cells = [cell.strip() for cell in line.strip().strip("|").split(" | ")]
+        if len(cells) != 4 or not cells[1].startswith("`python train.py"):
+            continue
+        expected = re.search(r"`([^`]+)`", cells[2])
+        assert expected, f"errors.md:{number}: no `error:` line in {cells[2]!r}"
+        rows.append(ErrorRow(number, cells[0], shlex.split(cells[1].strip("`"))[2:], expected[1], int(cells[3])))
+    return rows
+
+
+ERROR_ROWS = error_rows()
+
+
+def matches(expected: str, line: str) -> bool:
+    """``...`` in the documented line stands for any text."""
+    pattern = ".*".join(re.escape(part) for part in expected.split("..."))
+    return re.fullmatch(pattern, line) is not None
+
+
+@pytest.mark.usefixtures("one_thread")
+@pytest.mark.parametrize("row", ERROR_ROWS, ids=[f"errors.md:{row.line}" for row in ERROR_ROWS])
+def test_documented_error_line(
+    row: ErrorRow, monkeypatch: pytest.MonkeyPatch, tmp_path_factory: pytest.TempPathFactory, capsys
+) -> None:
+    """The command of each row exits with the row's code, printing the row's line (after the setup blocks)."""
+    import torch
+
+    from lenet_lightning.cli import run
+
+    if torch.cuda.is_available() and ("without a GPU" in row.case or "without GPUs" in row.case):
+        pytest.skip(f"needs a machine without a CUDA GPU (errors.md:{row.line})")
+    session = SESSIONS.setdefault(ERRORS, Session(make_workdir(tmp_path_factory.mktemp("errors"))))
+    monkeypatch.chdir(session.workdir)
+    blocks = [b for b in BLOCKS if b.document == ERRORS]
+    while session.done < len(blocks):  # the setup blocks, once
+        session.done += 1
+        if blocks[session.done - 1].skip is None:
+            run_block(blocks[session.done - 1], session, monkeypatch)
+    monkeypatch.setattr(sys, "argv", ["train.py"])
+    capsys.readouterr()
+    code = run(row.command)
+    err = capsys.readouterr().err.replace("\r", "\n")
+    lines = [line for line in err.splitlines() if line.startswith(("error: ", "stopped by "))]
+    assert code == row.exit_code, err[-2000:]
+    assert len(lines) == 1, err[-2000:]
+    assert matches(row.expected, lines[0]), (
+        f"errors.md:{row.line} documents\n  {row.expected}\nbut it prints\n  {lines[0]}"
+    )
