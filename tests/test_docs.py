@@ -267,6 +267,7 @@ def is_training(args: list[str]) -> bool:
 def run_train(args: list[str], block: Block, session: Session) -> None:
     from lenet_lightning.cli import run
 
+    check_flags_exist(args, block)
     if not is_training(args):
         return expect_code(run(args), block, f"python train.py {shlex.join(args)}")
     if block.sigterm and block.name not in session.preempted:
@@ -279,6 +280,16 @@ def run_train(args: list[str], block: Block, session: Session) -> None:
     if several_processes(args):
         return run_process([*args, *small], block)
     return expect_code(run([*args, *small]), block, f"python train.py {shlex.join(args)}")
+
+
+def check_flags_exist(args: list[str], block: Block) -> None:
+    """Each documented flag is one train.py has, spelled out: argparse would take a prefix of a renamed flag."""
+    from lenet_lightning.cli import build_parser
+
+    known = set(build_parser()._option_string_actions)
+    unknown = [arg.partition("=")[0] for arg in args if arg.startswith("--") and arg.partition("=")[0] not in known]
+    if unknown:
+        raise DocError(f"{block.name}: train.py has no flag {', '.join(unknown)}")
 
 
 def several_processes(args: list[str]) -> bool:
@@ -588,3 +599,73 @@ def test_documented_error_line(
     assert matches(row.expected, lines[0]), (
         f"errors.md:{row.line} documents\n  {row.expected}\nbut it prints\n  {lines[0]}"
     )
+
+
+# --- the harness itself ------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    "command",
+    [
+        "python train.py --epochs 1",  # --max-epochs renamed
+        "python train.py --max-epoch 1",  # a prefix argparse would accept
+        "python -m lenet_lightning.lightning_cli fit --trainer.epochs 1",
+        'pip install -e ".[gpu]"',  # an extra that does not exist
+        "python -m pytest -q tests/test_nothing.py",
+        "some-tool --version",
+    ],
+)
+def test_a_wrong_command_fails(command: str, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """What the docs would say after a flag, extra or file is renamed: the block's test fails."""
+    monkeypatch.chdir(tmp_path)
+    block = Block(tmp_path / "scratch.md", 1, "bash", command)
+    with pytest.raises(DocError):
+        run_block(block, Session(tmp_path), monkeypatch)
+
+
+def test_directives_are_checked(tmp_path: Path) -> None:
+    document = tmp_path / "scratch.md"
+    document.write_text(
+        "<!-- doc-test: skip: not today -->\n```bash\nls\n```\n<!-- doc-test: exit two -->\n```python\npass\n```\n"
+        "```\nplain\n```\n"
+    )
+    problems = [problem for block in read_blocks(document) for problem in block.problems]
+    assert len(problems) == 3, problems
+
+
+def test_training_md_flag_tables_match_the_parser() -> None:
+    """Every train.py flag is in docs/training.md; each table row's default is the constructor's default."""
+    from lenet_lightning.cli import build_parser
+    from lenet_lightning.settings import DEFAULTS, flag
+
+    text = (ROOT / "docs" / "training.md").read_text(encoding="utf-8")
+    flags = {option for option in build_parser()._option_string_actions if option.startswith("--")}
+    missing = sorted(f for f in flags - {"--help"} if f"`{f}" not in text and not f.startswith("--no-"))
+    assert not missing, f"docs/training.md does not mention {missing}"
+    rows = re.findall(r"^\| `(--[\w-]+)` \| ([^|]+) \|", text.partition("## Flags")[2], flags=re.M)
+    documented = {name: default.strip() for name, default in rows}
+    wrong = {
+        name: (documented[name], str(DEFAULTS[key]))
+        for key in DEFAULTS
+        if (name := flag(key)) in documented and documented[name] != str(DEFAULTS[key])
+    }
+    assert not wrong, f"docs/training.md defaults (documented, actual): {wrong}"
+    assert set(documented) == {flag(key) for key in DEFAULTS}, set(documented) ^ {flag(key) for key in DEFAULTS}
+
+
+@pytest.mark.parametrize("document", DOCUMENTS, ids=[d.name for d in DOCUMENTS])
+def test_inline_commands_use_existing_flags(document: Path) -> None:
+    """``python train.py ...`` in running text and tables (not run) names only flags train.py has."""
+    from lenet_lightning.cli import build_parser
+
+    known = set(build_parser()._option_string_actions)
+    text = re.sub(r"```.*?```", "", document.read_text(encoding="utf-8"), flags=re.S)
+    spans = re.findall(r"`((?:python train\.py|train\.py|\.\.\.) [^`]*)`", text)
+    flags = {word for span in spans for word in re.findall(r"(?<!\S)--[a-z][\w-]*", span)}
+    # A flag on its own in running text (`--val-size`, `--lr 0.05`): train.py's, or one of these others'.
+    flags |= set(re.findall(r"`(--[a-z][\w-]*)[^`]*`", text)) - OTHER_TOOLS_FLAGS
+    assert not flags - known, f"{document.name}: train.py has no {sorted(flags - known)}"
+
+
+# Flags the docs mention on their own that belong to other commands (benchmarks.gpu_check's).
+OTHER_TOOLS_FLAGS = {"--min-acc"}
