@@ -322,13 +322,13 @@ def run_with_sigterm(args: list[str]) -> int:
     from lenet_lightning.cli import run
 
     class Preempt(Callback):
-        def on_train_batch_end(self, trainer, *args, **kwargs):  # type: ignore[no-untyped-def]
+        def on_train_batch_end(self, trainer, *args, **kwargs):
             if trainer.current_epoch == 1 and trainer.global_step % trainer.num_training_batches == 3:
                 os.kill(os.getpid(), signal.SIGTERM)
 
     original = experiment.train
 
-    def train(settings, resume_from=None, fast_dev_run=False, callbacks=()):  # type: ignore[no-untyped-def]
+    def train(settings, resume_from=None, fast_dev_run=False, callbacks=()):
         return original(settings, resume_from, fast_dev_run, [*callbacks, Preempt()])
 
     with pytest.MonkeyPatch.context() as patch:
