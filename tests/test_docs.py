@@ -38,6 +38,7 @@ import io
 import os
 import re
 import shlex
+import shutil
 import signal
 import subprocess
 import sys
@@ -151,10 +152,14 @@ def runnable_blocks() -> list[Block]:
 # --- the reader's working directory ----------------------------------------------------------
 
 
-def make_workdir(root: Path) -> Path:
-    """``data/`` with a tiny CIFAR-10 in the official layout, and a few of "your own" pictures."""
-    write_cifar_archive(root / "data", train_per_class=600, test_per_class=20)
-    write_image_folder(root / "cifar10-images", train_per_class=8, test_per_class=3)
+def make_workdir(factory: pytest.TempPathFactory, name: str) -> Path:
+    """``data/`` with a small CIFAR-10 in the official layout, and a few of "your own" pictures."""
+    template = factory.getbasetemp() / "docs-workdir"
+    if not template.exists():  # made once per test session, copied into each working directory
+        write_cifar_archive(template / "data", train_per_class=600, test_per_class=20)
+        write_image_folder(template / "cifar10-images", train_per_class=8, test_per_class=3)
+    root = factory.mktemp(name)
+    shutil.copytree(template, root, dirs_exist_ok=True)
     images, _ = synthetic_images(1, seed=7)
     pictures = [Image.fromarray(image.transpose(1, 2, 0)) for image in images]
     pictures[3].resize((64, 48)).save(root / "cat.jpg", quality=90)
@@ -441,7 +446,7 @@ BLOCKS = runnable_blocks()
 def session(request: pytest.FixtureRequest, tmp_path_factory: pytest.TempPathFactory) -> Session:
     block: Block = request.param
     if block.document not in SESSIONS:
-        SESSIONS[block.document] = Session(make_workdir(tmp_path_factory.mktemp(block.document.stem)))
+        SESSIONS[block.document] = Session(make_workdir(tmp_path_factory, block.document.stem))
     return SESSIONS[block.document]
 
 
@@ -582,7 +587,9 @@ def test_documented_error_line(
 
     if torch.cuda.is_available() and ("without a GPU" in row.case or "without GPUs" in row.case):
         pytest.skip(f"needs a machine without a CUDA GPU (errors.md:{row.line})")
-    session = SESSIONS.setdefault(ERRORS, Session(make_workdir(tmp_path_factory.mktemp("errors"))))
+    if ERRORS not in SESSIONS:
+        SESSIONS[ERRORS] = Session(make_workdir(tmp_path_factory, "errors"))
+    session = SESSIONS[ERRORS]
     monkeypatch.chdir(session.workdir)
     blocks = [b for b in BLOCKS if b.document == ERRORS]
     while session.done < len(blocks):  # the setup blocks, once
