@@ -26,7 +26,12 @@ An HTML comment just before a block changes that, one per line:
 - ``<!-- doc-test: sigterm -->``: the block's first training command gets SIGTERM in its second
   epoch, as a preempted job does, and must exit 143 with ``last.ckpt`` saved.
 
-A block the harness cannot run (an unknown command, a shell feature it does not know) fails its test.
+A ```text block right after a block marked ``exit N`` is the ``error:`` line its last command must
+print (``...`` stands for any text). The rows of docs/errors.md's tables that name a ``python
+train.py`` command are run the same way: exit code and line as the row says.
+
+A block the harness cannot run (an unknown command, a flag train.py does not have, a shell feature
+it does not know) fails its test. ``LENET_LIGHTNING_DOCS=a.md:b.md`` points the harness at other files.
 """
 
 from __future__ import annotations
@@ -93,6 +98,7 @@ class Block:
     skip: str | None = None
     exit_code: int = 0
     sigterm: bool = False
+    error_line: str | None = None  # the ```text block right after a failing block: what it prints
     problems: list[str] = field(default_factory=list)
 
     @property
@@ -108,7 +114,7 @@ def read_blocks(document: Path) -> list[Block]:
     """The fenced blocks of a Markdown file, with the ``doc-test`` directives just above each."""
     lines = document.read_text(encoding="utf-8").splitlines()
     blocks: list[Block] = []
-    index = 0
+    index = previous_end = 0
     while index < len(lines):
         match = FENCE.match(lines[index])
         if not match:
@@ -126,7 +132,14 @@ def read_blocks(document: Path) -> list[Block]:
             above -= 1
         if language not in RUN_LANGUAGES | SHOW_LANGUAGES:
             block.problems.append(f"fence language {language!r}: use one of {sorted(RUN_LANGUAGES | SHOW_LANGUAGES)}")
+        previous = blocks[-1] if blocks else None
+        if language == "text" and previous and previous.exit_code and not previous.error_line:
+            # Output shown right after a documented failure is the error line it prints.
+            between = lines[previous_end + 1 : index]
+            if all(not line.strip() for line in between):
+                previous.error_line = code.strip().splitlines()[0]
         blocks.append(block)
+        previous_end = end
         index = end + 1
     return blocks
 
@@ -270,9 +283,16 @@ def is_training(args: list[str]) -> bool:
 
 
 def run_train(args: list[str], block: Block, session: Session) -> None:
-    from lenet_lightning.cli import run
 
     check_flags_exist(args, block)
+    with pytest.MonkeyPatch.context() as patch:
+        patch.setattr(sys, "argv", ["train.py"])  # as messages name the program: "python train.py"
+        return run_train_as_program(args, block, session)
+
+
+def run_train_as_program(args: list[str], block: Block, session: Session) -> None:
+    from lenet_lightning.cli import run
+
     if not is_training(args):
         return expect_code(run(args), block, f"python train.py {shlex.join(args)}")
     if block.sigterm and block.name not in session.preempted:
@@ -432,8 +452,17 @@ def run_block(block: Block, session: Session, monkeypatch: pytest.MonkeyPatch) -
     lines = list(commands(block.code))
     for index, line in enumerate(lines):
         # A documented failure is the block's last command; the ones before it must succeed.
-        expected = block if index == len(lines) - 1 else dataclasses.replace(block, exit_code=0)
-        run_command(line, expected, session, monkeypatch)
+        if index < len(lines) - 1:
+            run_command(line, dataclasses.replace(block, exit_code=0), session, monkeypatch)
+            continue
+        err = io.StringIO()
+        with contextlib.redirect_stderr(err):
+            run_command(line, block, session, monkeypatch)
+        sys.stderr.write(err.getvalue())
+        if block.error_line is not None:
+            printed = [text for text in err.getvalue().splitlines() if text.startswith("error: ")]
+            if not printed or not matches(block.error_line, printed[-1]):
+                raise DocError(f"{block.name}: documented\n  {block.error_line}\nbut it prints\n  {printed}")
     return None
 
 
