@@ -297,9 +297,12 @@ def run_train_as_program(args: list[str], block: Block, session: Session) -> Non
         return expect_code(run(args), block, f"python train.py {shlex.join(args)}")
     if block.sigterm and block.name not in session.preempted:
         session.preempted.add(block.name)
-        code = run_with_sigterm([*args, *SMALL_SIGTERM])
+        err = io.StringIO()
+        with contextlib.redirect_stderr(err):
+            code = run_with_sigterm([*args, *SMALL_SIGTERM])
         if code != 143:
-            raise DocError(f"{block.name}: SIGTERM mid-run should exit 143, got {code}")
+            raise DocError(f"{block.name}: SIGTERM mid-run should exit 143, got {code}:\n{err.getvalue()[-2000:]}")
+        check_sigterm_line(block, err.getvalue())
         return None
     small = SMALL_SIGTERM if block.sigterm else SMALL
     if several_processes(args):
@@ -337,6 +340,17 @@ def run_process(args: list[str], block: Block) -> None:
             f"{block.name}: python train.py {shlex.join(args)} exited {done.returncode}, expected "
             f"{block.exit_code}:\n{done.stderr[-2000:]}"
         )
+
+
+def check_sigterm_line(block: Block, err: str) -> None:
+    """The line a stopped run prints is the one the document shows (numbers aside)."""
+    shown = re.search(r"^\s*(stopped by SIGTERM at step .*)$", block.document.read_text(encoding="utf-8"), re.M)
+    if shown is None:
+        raise DocError(f"{block.name}: a block marked sigterm needs the 'stopped by SIGTERM ...' line in its document")
+    pattern = re.sub(r"\\d+|\d+", r"\\d+", re.escape(shown[1]))
+    printed = [line for line in err.splitlines() if line.startswith("stopped by SIGTERM")]
+    if len(printed) != 1 or not re.fullmatch(pattern, printed[0]):
+        raise DocError(f"{block.name}: documented\n  {shown[1]}\nbut it prints\n  {printed}")
 
 
 def run_with_sigterm(args: list[str]) -> int:
