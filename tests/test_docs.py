@@ -728,3 +728,20 @@ def test_inline_commands_use_existing_flags(document: Path) -> None:
 
 # Flags the docs mention on their own that belong to other commands (benchmarks.gpu_check's).
 OTHER_TOOLS_FLAGS = {"--min-acc"}
+
+
+def test_training_md_recipe_table_matches_recipes() -> None:
+    """The recipe table's values are RECIPES' (an empty cell: the default's value)."""
+    from lenet_lightning.settings import RECIPES, flag, recipe_settings
+
+    text = (ROOT / "docs" / "training.md").read_text(encoding="utf-8")
+    table = text.partition("## Recipes")[2].partition("\n## ")[0]
+    rows = re.findall(r"^\| `(--[\w-]+)`[^|]* \|([^|]*)\|([^|]*)\|([^|]*)\|$", table, flags=re.M)
+    assert rows
+    keys = {flag(key): key for key in recipe_settings("default")}
+    for name, *cells in rows:
+        for recipe, cell in zip(("default", "fast", "tutorial"), cells, strict=True):
+            value = cell.strip() or str(recipe_settings("default")[keys[name]])
+            assert value == str(recipe_settings(recipe)[keys[name]]), (name, recipe, value)
+    changed = {flag(key) for values in RECIPES.values() for key in values}
+    assert changed <= {name for name, *_ in rows}, changed - {name for name, *_ in rows}
