@@ -4,7 +4,7 @@ The fenced ```bash and ```python blocks are read from the Markdown itself (nothi
 copied here). Each document's blocks run in order in one temporary working directory
 whose ``data/`` holds a small synthetic CIFAR-10 in the official layout (``tests/conftest.py``),
 beside a tiny image folder (``cifar10-images/``) and a few pictures that stand for the reader's
-own (``cat.jpg``, ``dog.png``, ``photos/``).
+own (``cat.png``, ``dog.jpg``, ``photos/``).
 
 How a command runs:
 
@@ -175,8 +175,8 @@ def make_workdir(factory: pytest.TempPathFactory, name: str) -> Path:
     shutil.copytree(template, root, dirs_exist_ok=True)
     images, _ = synthetic_images(1, seed=7)
     pictures = [Image.fromarray(image.transpose(1, 2, 0)) for image in images]
-    pictures[3].resize((64, 48)).save(root / "cat.jpg", quality=90)
-    pictures[5].save(root / "dog.png")
+    pictures[3].resize((64, 48)).save(root / "cat.png")
+    pictures[5].save(root / "dog.jpg", quality=90)
     (root / "photos" / "holiday").mkdir(parents=True)
     for index, picture in enumerate(pictures[:4]):
         picture.save(root / "photos" / f"{index}.png")
