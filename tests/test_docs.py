@@ -577,15 +577,7 @@ def test_readme_layout_names_every_module() -> None:
     listed = set(re.findall(r"^\s+(\w+\.py)\s", layout, flags=re.M))
     modules = {path.name for path in (ROOT / "lenet_lightning").glob("*.py")} - {"__init__.py"}
     assert not modules - listed, f"README.md's layout lacks {sorted(modules - listed)}"
-    assert not listed - modules - ARRIVING, f"README.md's layout lists missing modules {sorted(listed - modules)}"
-
-
-# Modules that branches being merged alongside the docs add (data: archive ... progress; checkpoints and
-# export: checkpoints, inference, model_card). Once they are all merged this set should be empty.
-ARRIVING = {
-    *("archive.py", "image_folders.py", "decode_cache.py", "transfer.py", "timed_http.py", "progress.py"),
-    *("checkpoints.py", "inference.py", "model_card.py"),
-}
+    assert not listed - modules, f"README.md's layout lists missing modules {sorted(listed - modules)}"
 
 
 # --- the error table: each row's command prints the row's line ---------------------------------

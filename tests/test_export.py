@@ -134,7 +134,7 @@ def test_missing_test_images_name_data_dir(trained_checkpoint, tmp_path):
 
 def readme_example(marker: str) -> str:
     """The Python block that follows ``<!-- marker -->`` in the README."""
-    text = (ROOT / "README.md").read_text()
+    text = (ROOT / "docs" / "export.md").read_text()
     found = re.search(rf"<!-- {marker} -->\s*```python\n(.*?)```", text, re.DOTALL)
     assert found, f"README has no {marker} example"
     return found.group(1)
