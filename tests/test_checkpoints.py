@@ -96,11 +96,16 @@ def test_flipped_bytes_in_a_weight_are_refused_naming_the_file(small_checkpoint,
     damaged = saved_copy(checkpoint, tmp_path / "flipped.ckpt")
     with pytest.raises(UserError, match="failed its integrity check"):
         load_checkpoint(Path(damaged))
+    line = predict_refusal(damaged, tmp_path, capsys)
+    assert line.startswith(f"error: '{damaged}' failed its integrity check") and "damaged or was edited" in line
+
+
+def predict_refusal(checkpoint: str, tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> str:
+    """The one line ``--predict`` refuses ``checkpoint`` with (exit code 2), before reading any image."""
     image = tmp_path / "image.png"
     image.write_bytes(b"")
-    assert run(["--predict", str(image), "--ckpt-path", damaged]) == 2
-    line = error_line(capsys)
-    assert line.startswith(f"error: '{damaged}' failed its integrity check") and "damaged or was edited" in line
+    assert run(["--predict", str(image), "--ckpt-path", checkpoint]) == 2
+    return error_line(capsys)
 
 
 def test_a_checkpoint_without_a_digest_still_loads(small_checkpoint, tmp_path):
@@ -115,10 +120,7 @@ def test_non_finite_weights_are_refused_naming_the_tensor_and_the_file(value, sm
     checkpoint["state_dict"]["net.fc2.bias"][3] = value
     checkpoint[DIGEST_KEY] = state_digest(checkpoint["state_dict"])  # saved so by a run that diverged
     diverged = saved_copy(checkpoint, tmp_path / "diverged.ckpt")
-    image = tmp_path / "image.png"
-    image.write_bytes(b"")
-    assert run(["--predict", str(image), "--ckpt-path", diverged]) == 2
-    line = error_line(capsys)
+    line = predict_refusal(diverged, tmp_path, capsys)
     assert line.startswith(f"error: '{diverged}' holds non-finite weights") and "in net.fc2.bias:" in line
 
 
@@ -126,10 +128,7 @@ def test_unknown_normalisation_is_refused_naming_the_file(small_checkpoint, tmp_
     checkpoint = torch.load(small_checkpoint, weights_only=True)
     checkpoint["datamodule_hyper_parameters"]["normalization"] = "sepia"
     edited = saved_copy(checkpoint, tmp_path / "sepia.ckpt")
-    image = tmp_path / "image.png"
-    image.write_bytes(b"")
-    assert run(["--predict", str(image), "--ckpt-path", edited]) == 2
-    line = error_line(capsys)
+    line = predict_refusal(edited, tmp_path, capsys)
     assert line.startswith(f"error: '{edited}' holds unusable normalisation settings") and "'sepia'" in line
 
 
