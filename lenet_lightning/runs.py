@@ -21,9 +21,10 @@ from lightning.pytorch.callbacks import Callback, ModelCheckpoint
 from lightning.pytorch.plugins.io import TorchCheckpointIO
 from typing_extensions import override
 
-from lenet_lightning.errors import UserError, invocation
+from lenet_lightning.errors import Interrupted, UserError, invocation
 from lenet_lightning.module import LeNetClassifier
 from lenet_lightning.settings import RUN_KEY, SETTINGS, RunOptions
+from lenet_lightning.signals import agreed_signal
 
 VERSION_PREFIX = "version_"
 VERSION_PATTERN = re.compile(r"version_([0-9]+)")
@@ -201,43 +202,43 @@ class RunCheckpoint(ModelCheckpoint):
 
 
 class LastCheckpoint(RunCheckpoint):
-    """``last.ckpt``: replaced at every epoch's end (after its validation), every N steps, and on SIGTERM.
+    """``last.ckpt``: replaced at every epoch's end (after its validation), every N steps, and when stopped.
 
     A ``ModelCheckpoint`` only so that Lightning runs it after the other callbacks, like
     the best-checkpoint callback before it: ``last.ckpt`` then holds that callback's
-    state of the same epoch. Its saving rule is its own. A step save that falls on an
-    epoch's last batch is left to the epoch-end save: Lightning cannot resume exactly
-    from a checkpoint taken between an epoch's last batch and its validation (it skips
-    that validation and miscounts the epoch).
+    state of the same epoch. Its saving rule is its own.
+
+    Lightning cannot resume exactly from a checkpoint taken between an epoch's last batch
+    and its validation (it skips that validation and miscounts the epoch). So no save falls
+    on an epoch's last batch; instead ``last.ckpt`` is also saved before each epoch's last
+    batch. A run stopped during the last batch or the validation after it (SIGTERM, Ctrl-C,
+    a crash) then resumes from there: it trains that batch again and validates, exactly as
+    the uninterrupted run did, and loses one step instead of the whole epoch.
+
+    When a stop signal has arrived (on any rank: :func:`~lenet_lightning.signals.agreed_signal`
+    decides for all of them, before any of them takes part in a save), the step just
+    trained is saved and :class:`~lenet_lightning.errors.Interrupted` stops the run.
     """
 
     def __init__(self, dirpath: Path, every_n_train_steps: int = 0) -> None:
         super().__init__(dirpath=dirpath, filename="last", save_top_k=0)
         self.path = dirpath / "last.ckpt"
         self.every_n_train_steps = every_n_train_steps
-        self.saved_on_sigterm = False
-        self._sigterm_at_batch_start = False
-
-    @override
-    def on_train_batch_start(
-        self, trainer: L.Trainer, pl_module: L.LightningModule, batch: Any, batch_idx: int
-    ) -> None:
-        # Under DDP Lightning shares rank 0's SIGTERM with every rank just before this hook, so this
-        # snapshot is the same on all ranks (they must all take part in a save).
-        self._sigterm_at_batch_start = trainer.received_sigterm
+        self.saved_on_stop = False
 
     @override
     def on_train_batch_end(
         self, trainer: L.Trainer, pl_module: L.LightningModule, outputs: Any, batch: Any, batch_idx: int
     ) -> None:
-        if trainer.fast_dev_run or batch_idx + 1 == trainer.num_training_batches:  # type: ignore[attr-defined]
-            return
-        # Lightning stops after this step when SIGTERM (a preemption) has arrived: save it first.
-        stopping = trainer.received_sigterm if trainer.world_size == 1 else self._sigterm_at_batch_start
+        stop = agreed_signal(trainer)
+        batches = trainer.num_training_batches
         every = self.every_n_train_steps
-        if stopping or (every and trainer.global_step % every == 0):
+        due = stop or batch_idx + 2 == batches or (every and trainer.global_step % every == 0)
+        if due and batch_idx + 1 != batches and not trainer.fast_dev_run:  # type: ignore[attr-defined]
             trainer.save_checkpoint(self.path, weights_only=False)
-            self.saved_on_sigterm = stopping
+            self.saved_on_stop = stop is not None
+        if stop is not None:
+            raise Interrupted(stop)
 
     @override
     def on_validation_end(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
@@ -247,6 +248,10 @@ class LastCheckpoint(RunCheckpoint):
     def on_train_epoch_end(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
         if not trainer.fast_dev_run:  # type: ignore[attr-defined]
             trainer.save_checkpoint(self.path, weights_only=False)
+        stop = agreed_signal(trainer)
+        if stop is not None:
+            self.saved_on_stop = True
+            raise Interrupted(stop)
 
 
 class SaveRunOptions(Callback):
