@@ -16,6 +16,7 @@ import signal
 import sys
 import warnings
 from collections.abc import Iterator, Mapping, Sequence
+from datetime import timedelta
 from pathlib import Path
 from typing import Any
 
@@ -24,6 +25,7 @@ import torch
 from lightning.fabric.utilities.exceptions import MisconfigurationException
 from lightning.pytorch.callbacks import Callback, ModelCheckpoint, TQDMProgressBar
 from lightning.pytorch.loggers import TensorBoardLogger
+from lightning.pytorch.strategies import DDPStrategy, Strategy
 from lightning.pytorch.utilities import rank_zero_only
 from lightning.pytorch.utilities.exceptions import SIGTERMException
 from typing_extensions import override
@@ -38,8 +40,8 @@ from lenet_lightning.reporting import format_table, metrics_from_confusion, writ
 from lenet_lightning.runs import (
     VERSION_PREFIX,
     AtomicCheckpointIO,
+    BestCheckpoint,
     LastCheckpoint,
-    RunCheckpoint,
     SaveRunOptions,
     claim_run_dir,
     is_finished,
@@ -60,7 +62,7 @@ from lenet_lightning.settings import (
     resolve_settings,
     run_options,
 )
-from lenet_lightning.signals import StopOnSignal, deferred, forward_to
+from lenet_lightning.signals import StopOnSignal, deferred, forward_to, wait_for_children
 
 # Processes that Lightning launches for DDP inherit the run folder that rank 0 claimed.
 RUN_DIR_ENV = "LENET_LIGHTNING_RUN_DIR"
@@ -251,8 +253,15 @@ def fit(
     stopper: StopOnSignal,
 ) -> None:
     """``trainer.fit``; a stop signal becomes :class:`Interrupted` saying which step was kept and how to resume."""
+    waiting = waiting_for_nodes(trainer)
+    if waiting is not None:
+        print(waiting, file=sys.stderr, flush=True)
     try:
         trainer.fit(model, datamodule=datamodule, ckpt_path=resume_from, weights_only=True)
+    except torch.distributed.DistError as error:
+        if waiting is None:
+            raise
+        raise nodes_did_not_join(trainer, error) from None
     except (Interrupted, SIGTERMException) as stop:
         end_progress_bar(trainer)
         signum = stop_signal(stop)
@@ -315,7 +324,12 @@ def stopped_testing_line(signum: int, trainer: L.Trainer) -> str:
 
 
 def end_progress_bar(trainer: L.Trainer) -> None:
-    """Close the bars of a stopped stage, so that none is redrawn after the last message."""
+    """Close the bars of a stopped stage, so that none is redrawn after the last message.
+
+    Under DDP, rank 0 then waits for the ranks it launched to stop too.
+    """
+    if trainer.world_size > 1 and launch_rank() == 0:
+        wait_for_children()
     bar = trainer.progress_bar_callback
     if isinstance(bar, TQDMProgressBar):
         for name in ("val_progress_bar", "test_progress_bar", "predict_progress_bar", "train_progress_bar"):
@@ -384,13 +398,7 @@ def build_trainer(
     fast_dev_run: bool,
     extra_callbacks: list[Callback],
 ) -> L.Trainer:
-    best = RunCheckpoint(
-        dirpath=run_dir / "checkpoints",
-        filename="best-epoch{epoch:03d}-acc{val/acc:.4f}",
-        monitor="val/acc",
-        mode="max",
-        auto_insert_metric_name=False,
-    )
+    best = BestCheckpoint(run_dir / "checkpoints")
     last = LastCheckpoint(run_dir / "checkpoints", every_n_train_steps=options.checkpoint_every_n_steps)
     callbacks: list[Callback] = [
         best,
@@ -407,7 +415,7 @@ def build_trainer(
         return L.Trainer(
             accelerator=options.accelerator,
             devices=int(devices) if devices.isdigit() else devices,
-            strategy=options.strategy,
+            strategy=strategy_for(options),
             num_nodes=options.num_nodes,
             precision=options.precision,
             max_epochs=options.max_epochs,
@@ -420,6 +428,56 @@ def build_trainer(
         )
     except (MisconfigurationException, ValueError) as error:
         raise UserError(f"{error} (check --accelerator, --devices, --strategy and --precision)") from None
+
+
+# How long a multi-node run waits for the other nodes to join before it gives up.
+NODE_TIMEOUT_ENV = "LENET_LIGHTNING_NODE_TIMEOUT"
+NODE_TIMEOUT_S = 600
+
+
+def node_timeout() -> int:
+    """Seconds to wait for the other nodes (``$LENET_LIGHTNING_NODE_TIMEOUT``, default 600)."""
+    text = os.environ.get(NODE_TIMEOUT_ENV, "")
+    if not text:
+        return NODE_TIMEOUT_S
+    if not text.isdigit() or int(text) < 1:
+        raise UserError(f"{NODE_TIMEOUT_ENV}={text!r}: give the seconds to wait for the other nodes, e.g. 600")
+    return int(text)
+
+
+def strategy_for(options: RunOptions) -> str | Strategy:
+    """``--strategy``; for several nodes, DDP that gives up waiting for them after :func:`node_timeout`.
+
+    Torch waits 30 minutes by default (per collective, and for the nodes to join), silently.
+    """
+    if options.num_nodes > 1 and options.strategy in ("auto", "ddp"):
+        return DDPStrategy(timeout=timedelta(seconds=node_timeout()))
+    return options.strategy
+
+
+def waiting_for_nodes(trainer: L.Trainer) -> str | None:
+    """The line a multi-node run prints before it waits for the other nodes (``None`` for one node)."""
+    if trainer.num_nodes < 2:
+        return None
+    environment = trainer.strategy.cluster_environment  # type: ignore[attr-defined]
+    where = f"{environment.main_address}:{environment.main_port}"
+    return (
+        f"node {trainer.node_rank} of {trainer.num_nodes}: waiting for the other nodes to join at {where} "
+        f"(start this command on the others with NODE_RANK set to their number, 1 to {trainer.num_nodes - 1}, "
+        f"and MASTER_ADDR, MASTER_PORT set to this address and port); giving up after {node_timeout()} s "
+        f"(${NODE_TIMEOUT_ENV})"
+    )
+
+
+def nodes_did_not_join(trainer: L.Trainer, error: Exception) -> UserError:
+    """One line for a multi-node start whose other nodes never came."""
+    environment = trainer.strategy.cluster_environment  # type: ignore[attr-defined]
+    where = f"{environment.main_address}:{environment.main_port}"
+    return UserError(
+        f"the other nodes did not join at {where} within {node_timeout()} s ({str(error).splitlines()[0]}): "
+        f"start this command on every node with NODE_RANK, MASTER_ADDR and MASTER_PORT set, or wait longer with "
+        f"{NODE_TIMEOUT_ENV}=<seconds>"
+    )
 
 
 class RunFolderSync(Callback):

@@ -10,6 +10,7 @@ import dataclasses
 import os
 import pickle
 import re
+import socket
 import uuid
 from pathlib import Path
 from typing import Any
@@ -148,15 +149,16 @@ class AtomicCheckpointIO(TorchCheckpointIO):
 
     A run killed at any moment (``kill -9`` included) leaves either the previous
     checkpoint or the new one, never a truncated file. Each write has its own
-    temporary name, and only the writer removes it (two runs never touch each
-    other's files).
+    temporary name, which names its writer (host and process id): the writer removes
+    it, or, after a ``kill -9``, the next run in that folder once the writer is gone
+    (:func:`remove_stale_temporary_files`); a live writer's file is never touched.
     """
 
     @override
     def save_checkpoint(self, checkpoint: dict[str, Any], path: Any, storage_options: Any = None) -> None:
         target = Path(path)
         target.parent.mkdir(parents=True, exist_ok=True)
-        tmp = target.with_name(f".{target.name}.{uuid.uuid4().hex}.tmp")
+        tmp = target.with_name(f".{target.name}.{socket.gethostname()}.{os.getpid()}.{uuid.uuid4().hex}.tmp")
         try:
             with tmp.open("wb") as file:
                 torch.save(checkpoint, file)
@@ -165,6 +167,39 @@ class AtomicCheckpointIO(TorchCheckpointIO):
             os.replace(tmp, target)
         finally:
             tmp.unlink(missing_ok=True)
+
+
+# ".<name>.<host>.<pid>.<32 hex digits>.tmp": what AtomicCheckpointIO writes before renaming.
+TEMPORARY_NAME = re.compile(r"\.(?P<name>.+)\.(?P<host>[^.]+)\.(?P<pid>[0-9]+)\.[0-9a-f]{32}\.tmp")
+
+
+def remove_stale_temporary_files(folder: Path) -> list[Path]:
+    """Remove the temporary checkpoint files in ``folder`` whose writer, a process on this host, is gone.
+
+    Files of live processes, of other hosts (a shared file system) and of other programs stay.
+    Returns the files removed.
+    """
+    removed: list[Path] = []
+    if not folder.is_dir():
+        return removed
+    host = socket.gethostname()
+    for path in folder.iterdir():
+        match = TEMPORARY_NAME.fullmatch(path.name)
+        if match and match["host"] == host and not process_alive(int(match["pid"])):
+            path.unlink(missing_ok=True)
+            removed.append(path)
+    return removed
+
+
+def process_alive(pid: int) -> bool:
+    """Whether a process with this id runs on this host (one of another user counts)."""
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    return True
 
 
 class RunCheckpoint(ModelCheckpoint):
@@ -227,6 +262,12 @@ class LastCheckpoint(RunCheckpoint):
         self.saved_on_stop = False
 
     @override
+    def setup(self, trainer: L.Trainer, pl_module: L.LightningModule, stage: str) -> None:
+        super().setup(trainer, pl_module, stage)
+        if stage == "fit" and trainer.is_global_zero:
+            remove_stale_temporary_files(self.path.parent)  # of writers killed before
+
+    @override
     def on_train_batch_end(
         self, trainer: L.Trainer, pl_module: L.LightningModule, outputs: Any, batch: Any, batch_idx: int
     ) -> None:
@@ -252,6 +293,40 @@ class LastCheckpoint(RunCheckpoint):
         if stop is not None:
             self.saved_on_stop = True
             raise Interrupted(stop)
+
+
+class BestCheckpoint(RunCheckpoint):
+    """``best-epoch<NNN>-acc<val/acc>.ckpt``: the epoch with the highest validation accuracy, one file.
+
+    A resumed run validates again the epoch its checkpoint stopped in; when the stopped run
+    had already saved that epoch's best file, Lightning would write a ``-v1`` copy beside it
+    and keep both. Exact resume makes them the same checkpoint, so the file is replaced
+    instead (``enable_version_counter=False``), and when training ends, best files of the
+    folder that are not the best (``-vN`` copies left by earlier versions, a previous best
+    left by a run killed between saving the new one and removing it) are removed.
+    """
+
+    FILE = re.compile(r"best-epoch[0-9]+-acc[0-9.]+(-v[0-9]+)?\.ckpt")
+
+    def __init__(self, dirpath: Path) -> None:
+        super().__init__(
+            dirpath=dirpath,
+            filename="best-epoch{epoch:03d}-acc{val/acc:.4f}",
+            monitor="val/acc",
+            mode="max",
+            auto_insert_metric_name=False,
+            enable_version_counter=False,
+        )
+
+    @override
+    def on_train_end(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
+        super().on_train_end(trainer, pl_module)
+        if not trainer.is_global_zero or trainer.fast_dev_run or not self.best_model_path:  # type: ignore[attr-defined]
+            return
+        best = Path(self.best_model_path).name
+        for path in Path(str(self.dirpath)).iterdir():
+            if self.FILE.fullmatch(path.name) and path.name != best:
+                path.unlink(missing_ok=True)
 
 
 class SaveRunOptions(Callback):

@@ -26,8 +26,10 @@ while the ranks are in another collective such as a checkpoint save's barrier
 from __future__ import annotations
 
 import contextlib
+import os
 import signal
 import threading
+import time
 from collections.abc import Callable, Iterator
 from types import FrameType
 from typing import Any
@@ -104,6 +106,22 @@ def forward_to(trainer: L.Trainer) -> None:
     """Pass signals on to the processes the Trainer's launcher starts (DDP launched from this process)."""
     launcher = trainer.strategy.launcher
     _stops.forward = None if launcher is None else launcher.kill
+
+
+def wait_for_children(seconds: float = 30.0) -> None:
+    """Wait (at most ``seconds``) until the processes this one started have exited.
+
+    A DDP rank 0 stopped by a signal waits for the ranks it launched: it hosts their
+    rendezvous store, and leaving first would make them print a C++ stack trace about it.
+    """
+    deadline = time.monotonic() + seconds
+    while time.monotonic() < deadline:
+        try:
+            pid, _ = os.waitpid(-1, os.WNOHANG)
+        except ChildProcessError:
+            return  # none left
+        if pid == 0:
+            time.sleep(0.05)
 
 
 @contextlib.contextmanager

@@ -8,6 +8,10 @@ from __future__ import annotations
 
 import os
 import signal
+import socket
+import subprocess
+import sys
+import time
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
@@ -15,10 +19,12 @@ from typing import Any
 import pytest
 import torch
 
-from lenet_lightning.cli import run
+from lenet_lightning import experiment, export, predict
+from lenet_lightning.cli import main, run
 from lenet_lightning.data import CIFAR10DataModule
 from lenet_lightning.module import LeNetClassifier
-from tests.conftest import last_checkpoints, write_cifar_archive
+from lenet_lightning.runs import LastCheckpoint
+from tests.conftest import error_line, last_checkpoints, train_py, write_cifar_archive
 
 pytestmark = pytest.mark.usefixtures("one_thread")
 
@@ -137,3 +143,168 @@ def test_a_stopped_run_says_which_step_it_kept_and_resumes_bit_for_bit(
     ends = last_checkpoints(run_dir, uninterrupted)
     for key, value in ends[1]["state_dict"].items():
         assert torch.equal(ends[0]["state_dict"][key], value), key
+
+
+def send_first(monkeypatch: pytest.MonkeyPatch, signum: int, owner: Any, name: str) -> None:
+    """Send ``signum`` to this process as the function ``owner.name`` is first called."""
+    original = getattr(owner, name)
+    sent: list[bool] = []
+
+    def sending(*args: Any, **kwargs: Any) -> Any:
+        if not sent:
+            sent.append(True)
+            os.kill(os.getpid(), signum)
+        return original(*args, **kwargs)
+
+    monkeypatch.setattr(owner, name, sending)
+
+
+def test_an_evaluation_stopped_by_a_signal_writes_nothing(small_checkpoint, monkeypatch, capsys):
+    run_dir = small_checkpoint.parent.parent
+    before = sorted(p.name for p in run_dir.iterdir())
+    signal_when(monkeypatch, signal.SIGTERM, LeNetClassifier, "on_test_start", lambda m: True)
+    assert run(["--evaluate", "--ckpt-path", str(small_checkpoint)]) == 143
+    line = stop_line(capsys)
+    assert line == f"stopped by SIGTERM while evaluating '{small_checkpoint}': nothing was written"
+    assert sorted(p.name for p in run_dir.iterdir()) == before
+
+
+def test_predicting_stopped_by_ctrl_c_writes_nothing(small_checkpoint, image_folder, tmp_path, monkeypatch, capsys):
+    output = tmp_path / "results.csv"
+    send_first(monkeypatch, signal.SIGINT, predict, "classify")
+    flags = ["--predict", str(image_folder), "--ckpt-path", str(small_checkpoint), "--output", str(output)]
+    assert run(flags) == 130
+    assert stop_line(capsys) == "stopped by SIGINT (Ctrl-C) while classifying files: nothing was written"
+    assert not output.exists()
+
+
+def test_an_export_stopped_by_a_signal_leaves_no_bundle_and_no_staging_folder(
+    small_checkpoint, tmp_path, monkeypatch, capsys
+):
+    target = tmp_path / "bundle"
+    send_first(monkeypatch, signal.SIGTERM, export, "export_onnx")
+    assert run(["--export", str(target), "--ckpt-path", str(small_checkpoint)]) == 143
+    assert stop_line(capsys) == f"stopped by SIGTERM while exporting to '{target}': nothing was written"
+    assert list(tmp_path.iterdir()) == []
+
+
+DDP_FLAGS = ["--accelerator", "cpu", "--devices", "2", "--strategy", "ddp", "--batch-size", "5", "--val-size", "50"]
+DDP_FLAGS += ["--max-epochs", "2", "--seed", "4", "--log-every-n-steps", "5"]
+
+
+def test_sigterm_to_ddp_rank_0_while_the_ranks_save_every_step_stops_both_ranks(tiny_data, tmp_path):
+    """Lightning broadcast SIGTERM from inside its handler and deadlocked with the save's barrier."""
+    flags = ["--data-dir", tiny_data, "--log-dir", tmp_path, *DDP_FLAGS, "--checkpoint-every-n-steps", "1"]
+    err = (tmp_path / "err.log").open("wb")
+    process = subprocess.Popen(train_py(*flags), stdout=subprocess.DEVNULL, stderr=err, cwd=tmp_path)
+    last = tmp_path / "lenet" / "version_0" / "checkpoints" / "last.ckpt"
+    try:
+        deadline = time.monotonic() + 120
+        while not last.exists() and process.poll() is None and time.monotonic() < deadline:
+            time.sleep(0.01)  # the ranks are saving every step from now on
+        process.send_signal(signal.SIGTERM)
+        code = process.wait(timeout=60)
+    finally:
+        if process.poll() is None:
+            process.kill()  # (and its rank 1 exits when rank 0 does)
+            process.wait()
+        err.close()
+    output = (tmp_path / "err.log").read_text(errors="replace").replace("\r", "\n")
+    assert code == 143, output[-3000:]
+    line = output.strip().splitlines()[-1]
+    step = torch.load(last, weights_only=True)["global_step"]
+    assert line.startswith(f"stopped by SIGTERM at step {step}, last.ckpt saved at step {step}; resume with: "), line
+    assert output.count("stopped by") == 1  # one line, from rank 0
+
+
+def test_a_multi_node_run_says_where_it_waits_for_the_other_nodes_and_gives_up_in_time(tiny_data, tmp_path):
+    flags = ["--data-dir", tiny_data, "--log-dir", tmp_path, "--accelerator", "cpu", "--devices", "1"]
+    env = {**os.environ, experiment.NODE_TIMEOUT_ENV: "2", "MASTER_PORT": str(free_port())}
+    started = time.monotonic()
+    done = subprocess.run(train_py(*flags, "--num-nodes", "2"), capture_output=True, text=True, env=env, timeout=120)
+    assert time.monotonic() - started < 60
+    assert done.returncode == 2, done.stderr[-3000:]
+    lines = done.stderr.strip().splitlines()
+    port = env["MASTER_PORT"]
+    assert lines[0].startswith(f"node 0 of 2: waiting for the other nodes to join at 127.0.0.1:{port} "), lines[0]
+    assert "giving up after 2 s" in lines[0]
+    assert lines[-1].startswith(f"error: the other nodes did not join at 127.0.0.1:{port} within 2 s"), lines[-1]
+    assert "Traceback" not in done.stderr
+    assert not (tmp_path / "lenet").exists()
+
+
+def free_port() -> int:
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        return int(probe.getsockname()[1])
+
+
+KILLED_WRITER = """
+import sys, time, torch
+from pathlib import Path
+from lenet_lightning.runs import AtomicCheckpointIO
+
+def half_written(obj, file):
+    file.write(b"half a checkpoint")
+    file.flush()
+    print("writing", flush=True)
+    time.sleep(60)
+
+torch.save = half_written
+AtomicCheckpointIO().save_checkpoint({}, Path(sys.argv[1]))
+"""
+
+
+def kill_a_writer_mid_save(target: Path) -> Path:
+    """Start a process that writes ``target`` and ``kill -9`` it half-way; returns the temporary file it left."""
+    writer = subprocess.Popen([sys.executable, "-c", KILLED_WRITER, str(target)], stdout=subprocess.PIPE, text=True)
+    assert writer.stdout is not None and writer.stdout.readline() == "writing\n"
+    writer.kill()
+    writer.wait()
+    [left] = [p for p in target.parent.iterdir() if p.name.endswith(f".{writer.pid}.{p.name.split('.')[-2]}.tmp")]
+    return left
+
+
+def test_a_resumed_run_leaves_one_best_checkpoint_and_removes_temporary_files_of_killed_writers_only(
+    tiny_data, uninterrupted, tmp_path, monkeypatch
+):
+    def crash(callback: LastCheckpoint, trainer: Any, module: Any) -> None:
+        # After epoch 0's best checkpoint was written, before last.ckpt holds the epoch's end.
+        raise RuntimeError("simulated crash")
+
+    monkeypatch.setattr(LastCheckpoint, "on_train_epoch_end", crash)
+    with pytest.raises(RuntimeError, match="simulated crash"):
+        main(["--data-dir", str(tiny_data), *FLAGS, "--log-dir", str(tmp_path)])
+    monkeypatch.undo()
+    folder = tmp_path / "lenet" / "version_0" / "checkpoints"
+    dead = kill_a_writer_mid_save(folder / "last.ckpt")
+    live = folder / f".last.ckpt.{socket.gethostname()}.{os.getpid()}.{'0' * 32}.tmp"  # a writer still at work
+    elsewhere = folder / f".last.ckpt.another-host.{dead.name.split('.')[-3]}.{'1' * 32}.tmp"
+    for path in (live, elsewhere):
+        path.write_bytes(b"half a checkpoint")
+
+    assert run(["--ckpt-path", "last", "--log-dir", str(tmp_path)]) == 0
+    names = sorted(p.name for p in (uninterrupted / "checkpoints").iterdir())
+    # Epoch 0 was validated again: its best file was replaced, not copied to -v1.
+    assert sorted(p.name for p in folder.iterdir()) == sorted([*names, live.name, elsewhere.name])
+    assert (folder.parent / "test_metrics.json").read_text() == (uninterrupted / "test_metrics.json").read_text()
+
+
+def test_resuming_a_run_whose_folder_is_read_only_says_where_it_cannot_write(tiny_data, tmp_path, monkeypatch, capsys):
+    signal_when(monkeypatch, signal.SIGTERM, *TRAINING_PHASES["a training step"])
+    assert run(["--data-dir", str(tiny_data), *FLAGS, "--log-dir", str(tmp_path)]) == 143
+    monkeypatch.undo()
+    run_dir = tmp_path / "lenet" / "version_0"
+    write_text = Path.write_text
+
+    def read_only(path: Path, *args: Any, **kwargs: Any) -> int:
+        if run_dir in path.absolute().parents:
+            raise OSError(30, "Read-only file system", str(path))
+        return write_text(path, *args, **kwargs)
+
+    monkeypatch.setattr(Path, "write_text", read_only)
+    capsys.readouterr()
+    assert run(["--ckpt-path", "last", "--log-dir", str(tmp_path)]) == 2
+    line = error_line(capsys)
+    assert line.startswith(f"error: cannot write to the run folder '{run_dir}' (Read-only file system): "), line
+    assert "make it writable" in line and "copy the checkpoint" in line
