@@ -19,12 +19,13 @@ from typing import Any
 import pytest
 import torch
 
-from lenet_lightning import experiment, export, predict
+from lenet_lightning import download, experiment, export, predict
 from lenet_lightning.cli import main, run
 from lenet_lightning.data import CIFAR10DataModule
 from lenet_lightning.module import LeNetClassifier
 from lenet_lightning.runs import LastCheckpoint
 from tests.conftest import error_line, last_checkpoints, train_py, write_cifar_archive
+from tests.test_download import archive, md5, official_md5_is, serve  # noqa: F401  (fixtures: a local mirror)
 
 pytestmark = pytest.mark.usefixtures("one_thread")
 
@@ -308,3 +309,28 @@ def test_resuming_a_run_whose_folder_is_read_only_says_where_it_cannot_write(tin
     line = error_line(capsys)
     assert line.startswith(f"error: cannot write to the run folder '{run_dir}' (Read-only file system): "), line
     assert "make it writable" in line and "copy the checkpoint" in line
+
+
+@pytest.mark.usefixtures("official_md5_is")
+def test_a_download_stopped_by_a_signal_keeps_its_partial_file_and_leaves_no_run_folder(
+    request, tmp_path, monkeypatch, capsys
+):
+    mirror, data_dir = request.getfixturevalue("serve")(), tmp_path / "data"
+    update = download.Progress.update
+
+    def sigterm_midway(progress: download.Progress, count: int) -> None:
+        update(progress, count)
+        if progress.done >= len(mirror.archive) // 3:
+            monkeypatch.setattr(download.Progress, "update", update)
+            os.kill(os.getpid(), signal.SIGTERM)
+
+    monkeypatch.setattr(download.Progress, "update", sigterm_midway)
+    argv = ["--data-dir", str(data_dir), "--download-url", mirror.url, "--log-dir", str(tmp_path / "logs"), *FLAGS]
+    assert run(argv) == 143
+    line = stop_line(capsys)
+    assert line == (
+        "stopped by SIGTERM while loading the data, before the first checkpoint: nothing was saved; "
+        "start the run again with the same command"
+    )
+    assert 0 < (data_dir / ".cifar-10-python.tar.gz.part").stat().st_size < len(mirror.archive)
+    assert not (tmp_path / "logs").exists()
