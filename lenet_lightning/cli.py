@@ -240,6 +240,9 @@ def run(argv: Sequence[str] | None = None) -> int:
         if experiment.launch_rank() == 0:  # every DDP process stops alike; one says so
             print(stop, file=sys.stderr)
         return stop.exit_code
+    except KeyboardInterrupt:  # before the handlers are in place (reading the flags): nothing was done yet
+        print("stopped by SIGINT (Ctrl-C) while starting: nothing was done", file=sys.stderr)
+        return 130
     failed = result.get("predictions") is not None and not any("error" not in p for p in result["predictions"])
     return 1 if failed else 0
 

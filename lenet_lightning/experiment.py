@@ -62,7 +62,7 @@ from lenet_lightning.settings import (
     resolve_settings,
     run_options,
 )
-from lenet_lightning.signals import StopOnSignal, deferred, forward_to, wait_for_children
+from lenet_lightning.signals import StopOnSignal, deferred, forward_to, stops_on_signals, wait_for_children
 
 # Processes that Lightning launches for DDP inherit the run folder that rank 0 claimed.
 RUN_DIR_ENV = "LENET_LIGHTNING_RUN_DIR"
@@ -130,7 +130,7 @@ def train(
     check_hardware(settings)
     run_dir_before = os.environ.get(RUN_DIR_ENV)
     try:
-        with uninitialized_memory_left_unfilled():
+        with uninitialized_memory_left_unfilled(), stops_on_signals():
             return _train(settings, options, resume_from, fast_dev_run, callbacks)
     finally:
         if launch_rank() == 0:  # the DDP processes it launched have inherited it by now
@@ -525,6 +525,12 @@ def report_test(trainer: L.Trainer, model: LeNetClassifier, run_dir: Path | None
 
 
 def evaluate(checkpoint_path: Path, given: Mapping[str, Any]) -> dict[str, Any]:
+    """:func:`_evaluate`, stopping on SIGTERM and SIGINT with :class:`Interrupted` (nothing is written then)."""
+    with stops_on_signals():
+        return _evaluate(checkpoint_path, given)
+
+
+def _evaluate(checkpoint_path: Path, given: Mapping[str, Any]) -> dict[str, Any]:
     """Test a checkpoint with the settings it holds; ``given`` may change where and how it runs, not the model.
 
     Writes ``eval_<checkpoint>_<data folder>_<digest of its path>_metrics.json`` into the run

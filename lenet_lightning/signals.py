@@ -149,7 +149,8 @@ def agreed_signal(trainer: L.Trainer) -> int | None:
 
     Every rank must call this at the same point of the loop.
     """
-    local = _stops.received or 0
+    # Lightning's handler is the one in place when a library caller runs a Trainer outside stops_on_signals.
+    local = _stops.received or (int(signal.SIGTERM) if trainer.received_sigterm else 0)
     if trainer.world_size > 1:
         flag = torch.tensor(local, dtype=torch.int64, device=trainer.strategy.root_device)
         local = int(trainer.strategy.reduce(flag, reduce_op="max").item())
