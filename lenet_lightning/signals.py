@@ -6,14 +6,15 @@ command line prints as one line and turns into exit code 143 (SIGTERM) or 130 (S
 * outside a Trainer's loops (reading, decoding or downloading data, exporting, classifying
   files) the handler raises at once: nothing there is half-written (files are written under
   temporary names and renamed into place), so stopping anywhere is safe;
-* while a Trainer's loops run (:class:`StopOnSignal` switches this on), the handler only
+* from a Trainer's ``setup`` hook on (:class:`StopOnSignal` switches this on), the handler only
   records the signal, and the loops stop at the next batch boundary, where the training
   state is one Lightning resumes exactly (``LastCheckpoint`` saves it there).
 
 Under DDP a signal may reach one rank only, and a rank that stops (or saves) alone leaves
 the others waiting forever in their next collective. The ranks therefore decide together
-(:func:`agreed_signal`, one all-reduce at each batch boundary) and a signal is passed on to
-the processes the launcher started.
+(:func:`agreed_signal`, one all-reduce at each batch boundary), stay in that mode from the
+``setup`` hook on, and a signal that arrives before (loading the data) is passed on to the
+processes the launcher started.
 
 Lightning's own SIGTERM handler is replaced while its loops run: it raises
 ``SIGTERMException``, a ``SystemExit`` without a code, so a run stopped in its test phase
@@ -61,8 +62,11 @@ _stops = _Stops()
 def _handler(signum: int, frame: FrameType | None) -> None:
     if _stops.received is None:
         _stops.received = signum
-        if _stops.forward is not None:
-            _stops.forward(signum)
+        if _stops.forward is not None and not _stops.deferred:
+            # As SIGINT, the signal Lightning leaves to us: a DDP rank that has not yet replaced
+            # Lightning's SIGTERM handler would run it, and its broadcast deadlocks (see above).
+            # While deferred, the ranks learn of the stop from each other at the next batch boundary.
+            _stops.forward(signal.SIGINT)
     # Once raised, further signals (a second Ctrl-C) must not break the clean-up on its way out.
     if not _stops.deferred and not _stops.raised:
         _stops.raised = True
@@ -185,7 +189,14 @@ class StopOnSignal(Callback):
     def _leave(self, trainer: L.Trainer, phase: str) -> None:
         stop_here(trainer)  # a signal during the stage's last batch
         self.phase = phase
-        _stops.deferred = False
+        # Under DDP a rank must not stop alone between stages: the next stage's first batch decides.
+        _stops.deferred = trainer.world_size > 1
+
+    @override
+    def setup(self, trainer: L.Trainer, pl_module: L.LightningModule, stage: str) -> None:
+        # The data are loaded (a download can be stopped at once); from here on Lightning's
+        # handler is put in place, and the ranks stop together at the stage's first batch.
+        _stops.deferred = True
 
     @override
     def on_sanity_check_start(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
