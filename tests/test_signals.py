@@ -334,3 +334,37 @@ def test_a_download_stopped_by_a_signal_keeps_its_partial_file_and_leaves_no_run
     )
     assert 0 < (data_dir / ".cifar-10-python.tar.gz.part").stat().st_size < len(mirror.archive)
     assert not (tmp_path / "logs").exists()
+
+
+RANK_0_SIGNALS_AS_TESTING_STARTS = """
+import os, signal, sys
+from lenet_lightning.cli import run
+from lenet_lightning.module import LeNetClassifier
+
+start = LeNetClassifier.on_test_start
+
+def sigterm_on_rank_0(module):
+    if module.trainer.global_rank == 0:
+        os.kill(os.getpid(), signal.SIGTERM)
+    start(module)
+
+LeNetClassifier.on_test_start = sigterm_on_rank_0
+sys.exit(run(sys.argv[1:]))
+"""
+
+
+def test_sigterm_to_ddp_rank_0_as_its_test_phase_starts_stops_both_ranks(tiny_data, tmp_path):
+    """Rank 1 is then between its setup hook and its first test hook, where Lightning's own handler is in place."""
+    script = tmp_path / "rank_0_signals.py"  # Lightning starts rank 1 with this same script and flags
+    script.write_text(RANK_0_SIGNALS_AS_TESTING_STARTS)
+    flags = ["--data-dir", tiny_data, "--log-dir", tmp_path, *DDP_FLAGS, "--max-epochs", "1"]  # (the last one counts)
+    env = {**os.environ, "PYTHONPATH": str(Path(__file__).resolve().parents[1])}
+    done = subprocess.run(
+        [sys.executable, script, *map(str, flags)], capture_output=True, text=True, env=env, timeout=120
+    )
+    assert done.returncode == 143, done.stderr[-3000:]
+    line = done.stderr.replace("\r", "\n").strip().splitlines()[-1]
+    last = tmp_path / "lenet" / "version_0" / "checkpoints" / "last.ckpt"
+    assert line.startswith("stopped by SIGTERM while testing, after training to step 25: nothing was written"), line
+    assert line.endswith(f"--ckpt-path {last}"), line
+    assert not (last.parent.parent / "test_metrics.json").exists()
