@@ -298,6 +298,8 @@ def stopped_training_line(signum: int, trainer: L.Trainer, phase: str, resume_fr
         return f"stopped by {name} {phase}, before the first checkpoint: nothing was saved; {again}"
     assert last is not None
     where = f"at step {step}" + ("" if phase == "during training" else f" {phase}")
+    if step < held:  # a resume stopped before its checkpoint was restored: no step of its own yet
+        where = phase
     kept = f"last.ckpt saved at step {held}" if last.saved_on_stop else f"last.ckpt holds step {held}"
     if held < step:
         kept += (

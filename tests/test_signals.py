@@ -291,6 +291,21 @@ def test_a_resumed_run_leaves_one_best_checkpoint_and_removes_temporary_files_of
     assert (folder.parent / "test_metrics.json").read_text() == (uninterrupted / "test_metrics.json").read_text()
 
 
+def test_a_resume_stopped_while_loading_the_data_says_its_checkpoint_is_untouched(
+    tiny_data, tmp_path, monkeypatch, capsys
+):
+    signal_when(monkeypatch, signal.SIGTERM, *TRAINING_PHASES["a training step"])
+    assert run(["--data-dir", str(tiny_data), *FLAGS, "--log-dir", str(tmp_path)]) == 143
+    monkeypatch.undo()
+    capsys.readouterr()
+    signal_when(monkeypatch, signal.SIGINT, *TRAINING_PHASES["loading the data"])
+    assert run(["--ckpt-path", "last", "--log-dir", str(tmp_path)]) == 130
+    last = tmp_path / "lenet" / "version_0" / "checkpoints" / "last.ckpt"
+    expected = "stopped by SIGINT (Ctrl-C) while loading the data, last.ckpt holds step 14; resume with: "
+    assert stop_line(capsys).startswith(expected), expected
+    assert torch.load(last, weights_only=True)["global_step"] == 14
+
+
 def test_resuming_a_run_whose_folder_is_read_only_says_where_it_cannot_write(tiny_data, tmp_path, monkeypatch, capsys):
     signal_when(monkeypatch, signal.SIGTERM, *TRAINING_PHASES["a training step"])
     assert run(["--data-dir", str(tiny_data), *FLAGS, "--log-dir", str(tmp_path)]) == 143
