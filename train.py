@@ -28,7 +28,12 @@ def _skip_teardown() -> None:
 
 atexit.register(_skip_teardown)
 
-from lenet_lightning.cli import build_parser, main, run  # noqa: E402  (after the exit handler: it must run last)
+# After the exit handler: it must run last. Importing Lightning takes seconds: a Ctrl-C then is no traceback either.
+try:
+    from lenet_lightning.cli import build_parser, main, run
+except KeyboardInterrupt:
+    sys.stderr.write("stopped by SIGINT (Ctrl-C) while starting: nothing was done\n")
+    os._exit(130)
 
 __all__ = ["build_parser", "launch", "main"]
 

@@ -10,7 +10,7 @@ from __future__ import annotations
 import argparse
 import contextlib
 import sys
-from collections.abc import Iterator, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from pathlib import Path
 from typing import Any, NoReturn
 
@@ -18,7 +18,7 @@ from typing_extensions import override
 
 from lenet_lightning import experiment
 from lenet_lightning.checkpoints import load_checkpoint
-from lenet_lightning.errors import PreemptedError, SettingError, UserError
+from lenet_lightning.errors import Interrupted, SettingError, UserError, signal_name
 from lenet_lightning.export import export_bundle, summary_text
 from lenet_lightning.predict import predict_paths
 from lenet_lightning.records import checkpoint_record, dump_config, load_config
@@ -35,6 +35,7 @@ from lenet_lightning.settings import (
     resolve_settings,
     validate_settings,
 )
+from lenet_lightning.signals import stops_on_signals
 
 
 class OneLineParser(argparse.ArgumentParser):
@@ -138,14 +139,30 @@ def main(argv: Sequence[str] | None = None) -> dict[str, Any]:
     """Run the command line; returns the test metrics (train, evaluate), the predictions or the settings."""
     args = build_parser().parse_args(argv)
     check_modes(args)
-    with experiment.quiet_console(), experiment.process_state_restored():
+    with experiment.quiet_console(), experiment.process_state_restored(), stops_on_signals():
         if args.predict:
-            return {"predictions": predict(args)}
+            return {"predictions": nothing_written_when_stopped(predict, args, "classifying files")}
         if args.export:
-            return export(args)
+            return nothing_written_when_stopped(export, args, f"exporting to '{args.export}'")
         if args.evaluate:
             return evaluate(args)
         return train(args)
+
+
+def nothing_written_when_stopped(
+    work: Callable[[argparse.Namespace], Any], args: argparse.Namespace, doing: str
+) -> Any:
+    """Run ``work``; a stop signal becomes one line saying that nothing was written.
+
+    Predictions are printed or written only once all are made, and a bundle is built in a
+    staging folder that is removed on the way out, so an interrupted run leaves nothing.
+    """
+    try:
+        return work(args)
+    except Interrupted as stop:
+        raise Interrupted(
+            stop.signum, f"stopped by {signal_name(stop.signum)} while {doing}: nothing was written"
+        ) from None
 
 
 def check_modes(args: argparse.Namespace) -> None:
@@ -218,9 +235,13 @@ def run(argv: Sequence[str] | None = None) -> int:
             raise
         print(f"error: {error}", file=sys.stderr)
         return 2
-    except PreemptedError as stop:
-        print(stop, file=sys.stderr)
-        return PreemptedError.exit_code
+    except Interrupted as stop:
+        if experiment.launch_rank() == 0:  # every DDP process stops alike; one says so
+            print(stop, file=sys.stderr)
+        return stop.exit_code
+    except KeyboardInterrupt:  # before the handlers are in place (reading the flags): nothing was done yet
+        print("stopped by SIGINT (Ctrl-C) while starting: nothing was done", file=sys.stderr)
+        return 130
     failed = result.get("predictions") is not None and not any("error" not in p for p in result["predictions"])
     return 1 if failed else 0
 

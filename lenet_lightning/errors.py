@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import signal
 import sys
 
 
@@ -37,11 +38,29 @@ class SettingError(UserError):
         self.problem = problem
 
 
-class PreemptedError(Exception):
-    """Training was stopped by SIGTERM (a scheduler's preemption) after saving ``last.ckpt``.
+class Interrupted(BaseException):
+    """SIGTERM (a scheduler's preemption, ``kill``) or SIGINT (Ctrl-C) stopped the work at a safe point.
 
-    The command line prints its message (how to resume) and exits with code 143,
-    the shell's code for "terminated by SIGTERM", so a scheduler never records success.
+    A ``BaseException`` like ``KeyboardInterrupt``, so that no ``except Exception`` on the way
+    swallows it. The message is the one line the command line prints: what was kept (which step
+    ``last.ckpt`` holds, or that nothing was written) and what to run next. The exit code is the
+    shell's for death by that signal (143 for SIGTERM, 130 for SIGINT), so a scheduler or a
+    script never records an interrupted run as a success.
     """
 
-    exit_code = 143
+    def __init__(self, signum: int, message: str = "") -> None:
+        super().__init__(message or f"stopped by {signal_name(signum)}")
+        self.signum = signum
+
+    @property
+    def exit_code(self) -> int:
+        return 128 + self.signum
+
+    def __str__(self) -> str:
+        return str(self.args[0])
+
+
+def signal_name(signum: int) -> str:
+    """``SIGTERM``, ``SIGINT (Ctrl-C)``: how the stop messages name a signal."""
+    name = signal.Signals(signum).name
+    return f"{name} (Ctrl-C)" if signum == signal.SIGINT else name

@@ -13,8 +13,11 @@ import logging
 import os
 import random
 import shutil
+import signal
+import sys
 import warnings
 from collections.abc import Iterator, Mapping, Sequence
+from datetime import timedelta
 from pathlib import Path
 from typing import Any
 
@@ -24,6 +27,7 @@ import torch
 from lightning.fabric.utilities.exceptions import MisconfigurationException
 from lightning.pytorch.callbacks import Callback, ModelCheckpoint, TQDMProgressBar
 from lightning.pytorch.loggers import TensorBoardLogger
+from lightning.pytorch.strategies import DDPStrategy, Strategy
 from lightning.pytorch.utilities import rank_zero_only
 from lightning.pytorch.utilities.exceptions import SIGTERMException
 from typing_extensions import override
@@ -31,7 +35,7 @@ from typing_extensions import override
 from lenet_lightning.callbacks import AveragedWeights, FiniteLossGuard, console_callbacks
 from lenet_lightning.checkpoints import load_checkpoint
 from lenet_lightning.data import CIFAR10DataModule
-from lenet_lightning.errors import PreemptedError, UserError, invocation
+from lenet_lightning.errors import Interrupted, UserError, invocation, signal_name
 from lenet_lightning.hardware import check_hardware
 from lenet_lightning.module import LeNetClassifier
 from lenet_lightning.pictures import TensorBoardPictures, confusion_image
@@ -40,10 +44,11 @@ from lenet_lightning.reporting import format_table, metrics_from_confusion, writ
 from lenet_lightning.runs import (
     VERSION_PREFIX,
     AtomicCheckpointIO,
+    BestCheckpoint,
     LastCheckpoint,
-    RunCheckpoint,
     SaveRunOptions,
     claim_run_dir,
+    is_finished,
     own_run_dir,
     run_dir_of,
 )
@@ -57,6 +62,7 @@ from lenet_lightning.settings import (
     resolve_settings,
     run_options,
 )
+from lenet_lightning.signals import StopOnSignal, deferred, forward_to, stops_on_signals, wait_for_children
 
 # Processes that Lightning launches for DDP inherit the run folder that rank 0 claimed.
 RUN_DIR_ENV = "LENET_LIGHTNING_RUN_DIR"
@@ -144,7 +150,7 @@ def train(
     settings = {key: settings[key] for key in SETTINGS}
     options = run_options(settings)
     check_hardware(settings)
-    with process_state_restored():
+    with process_state_restored(), stops_on_signals():
         return _train(settings, options, resume_from, fast_dev_run, callbacks)
 
 
@@ -167,35 +173,67 @@ def _train(
     else:
         run_dir, created = new_run_dir(settings)  # a new run, or the continuation of a checkpoint from elsewhere
     writes = launch_rank() == 0 and not fast_dev_run
-    start = TrainingStart()
+    start, stopper = TrainingStart(), StopOnSignal()
     with removed_unless_started(created, start):
         if writes:
-            (run_dir / "config.yaml").write_text(dump_config(settings))
+            write_config(run_dir, settings, resumed=own is not None)
         logger = build_logger(run_dir)
         folder = RunFolderSync(run_dir)
-        trainer = build_trainer(
-            options, logger, run_dir, fast_dev_run, [SaveRunOptions(options), folder, start, *callbacks]
-        )
-        fit(trainer, model, datamodule, resume_from)
-    # "best" unless no checkpoint was chosen here (a fast dev run; a resumed run that had already ended).
-    best = (
-        "best"
-        if isinstance(trainer.checkpoint_callback, ModelCheckpoint) and trainer.checkpoint_callback.best_model_path
-        else None
-    )
+        extra = [SaveRunOptions(options), folder, start, stopper, *callbacks]
+        trainer = build_trainer(options, logger, run_dir, fast_dev_run, extra)
+        forward_to(trainer)
+        fit(trainer, model, datamodule, resume_from, stopper)
+    try:
+        return test_and_report(trainer, model, datamodule, logger, settings, None if fast_dev_run else folder.run_dir)
+    except (Interrupted, SIGTERMException) as stop:
+        end_progress_bar(trainer)
+        raise Interrupted(stop_signal(stop), stopped_testing_line(stop_signal(stop), trainer)) from None
+
+
+def write_config(run_dir: Path, settings: Mapping[str, Any], resumed: bool) -> None:
+    """Write the run's ``config.yaml``; a resume that cannot write into its own run folder says so in one line."""
+    try:
+        (run_dir / "config.yaml").write_text(dump_config(settings))
+    except OSError as error:
+        if not resumed:
+            raise
+        raise UserError(
+            f"cannot write to the run folder '{run_dir}' ({error.strerror}): a resume writes only into the "
+            f"checkpoint's own run folder; make it writable (chmod -R u+w '{run_dir}'), or copy the checkpoint "
+            "out of it and resume from the copy, which starts a new run folder under --log-dir"
+        ) from None
+
+
+def test_and_report(
+    trainer: L.Trainer,
+    model: LeNetClassifier,
+    datamodule: CIFAR10DataModule,
+    logger: TensorBoardLogger,
+    settings: Mapping[str, Any],
+    run_dir: Path | None,
+) -> dict[str, Any]:
+    """Test the best checkpoint, then report (``run_dir`` ``None``: a fast dev run, nothing written).
+
+    The last weights are tested when no checkpoint was chosen here: a fast dev run, or a
+    resumed run that had already ended.
+    """
+    chosen = trainer.checkpoint_callback
+    best = "best" if isinstance(chosen, ModelCheckpoint) and chosen.best_model_path else None
     trainer.test(model, datamodule=datamodule, ckpt_path=best, weights_only=True, verbose=False)
-    metrics = report_test(trainer, model, None if fast_dev_run else folder.run_dir, "test_metrics.json")
-    if fast_dev_run:
-        return metrics
-    callback = trainer.checkpoint_callback
-    best_val = callback.best_model_score if isinstance(callback, ModelCheckpoint) else None
-    # The HPARAMS tab compares runs by these two numbers.
-    hp_metrics = {"hp/test_acc": metrics["test/acc"]}
-    if best_val is not None:
-        hp_metrics["hp/val_acc"] = float(best_val)
-    hparams = {key: "None" if value is None else plain(value) for key, value in settings.items()}
-    logger.log_hyperparams(hparams, hp_metrics)
-    logger.finalize("success")  # flushes the event file now, not whenever the process happens to exit
+    # The results are written whole or not at all: a signal now waits until they are.
+    with deferred():
+        metrics = report_test(trainer, model, run_dir, "test_metrics.json")
+        if run_dir is None:
+            return metrics
+        callback = trainer.checkpoint_callback
+        best_val = callback.best_model_score if isinstance(callback, ModelCheckpoint) else None
+        # The HPARAMS tab compares runs by these two numbers.
+        hp_metrics = {"hp/test_acc": metrics["test/acc"]}
+        if best_val is not None:
+            hp_metrics["hp/val_acc"] = float(best_val)
+        hparams = {key: "None" if value is None else plain(value) for key, value in settings.items()}
+        logger.log_hyperparams(hparams, hp_metrics)
+        logger.finalize("success")  # flushes the event file now, not whenever the process happens to exit
     return metrics
 
 
@@ -210,14 +248,18 @@ def removed_unless_started(created: list[Path], start: TrainingStart) -> Iterato
 
     Data and Trainer problems surface after the run folder was claimed (``prepare_data`` and
     ``setup`` run inside ``fit``, after Lightning has opened the event file): a run that never
-    started leaves no folder and no empty parent, so a failed start does not shift the
-    numbers of later runs either. Parents are removed only when empty.
+    started leaves no folder and no empty parent, so a failed start does not shift the numbers
+    of later runs either. A run
+    stopped by a signal before its first checkpoint has nothing to resume: its folder
+    (config, event files of the sanity check) goes too. Parents go only when empty.
     """
     try:
         yield
-    except BaseException:
-        if not start.started and created:
-            shutil.rmtree(created[0], ignore_errors=True)
+    except BaseException as error:
+        stopped = isinstance(error, (Interrupted, SIGTERMException))
+        run_dir = created[0] if created else None
+        if run_dir is not None and (not start.started or (stopped and not any(run_dir.rglob("*.ckpt")))):
+            shutil.rmtree(run_dir, ignore_errors=True)
             for parent in created[1:]:
                 with contextlib.suppress(OSError):
                     parent.rmdir()
@@ -235,28 +277,100 @@ class TrainingStart(Callback):
         self.started = True
 
 
-def fit(trainer: L.Trainer, model: LeNetClassifier, datamodule: CIFAR10DataModule, resume_from: Path | None) -> None:
-    """``trainer.fit``; SIGTERM becomes :class:`PreemptedError` saying what was kept and how to resume."""
+def fit(
+    trainer: L.Trainer,
+    model: LeNetClassifier,
+    datamodule: CIFAR10DataModule,
+    resume_from: Path | None,
+    stopper: StopOnSignal,
+) -> None:
+    """``trainer.fit``; a stop signal becomes :class:`Interrupted` saying which step was kept and how to resume."""
+    waiting = waiting_for_nodes(trainer)
+    if waiting is not None:
+        print(waiting, file=sys.stderr, flush=True)
     try:
         trainer.fit(model, datamodule=datamodule, ckpt_path=resume_from, weights_only=True)
-    except SIGTERMException:
+    except torch.distributed.DistError as error:
+        if waiting is None:
+            raise
+        raise nodes_did_not_join(trainer, error) from None
+    except (Interrupted, SIGTERMException) as stop:
         end_progress_bar(trainer)
-        last = next((c for c in trainer.checkpoint_callbacks if isinstance(c, LastCheckpoint)), None)
-        if last is None or not last.path.is_file():
-            raise PreemptedError("stopped by SIGTERM before the first checkpoint: start the run again") from None
-        saved = "last.ckpt saved" if last.saved_on_sigterm else "last.ckpt holds the latest epoch's end"
-        raise PreemptedError(
-            f"stopped by SIGTERM at step {trainer.global_step}, {saved}; resume with: "
-            f"{invocation()} --ckpt-path {last.path}"
-        ) from None
+        signum = stop_signal(stop)
+        raise Interrupted(signum, stopped_training_line(signum, trainer, stopper.phase, resume_from)) from None
+
+
+def stop_signal(stop: BaseException) -> int:
+    """The signal behind a stop (Lightning raises ``SIGTERMException`` in the moment before our handler is in place)."""
+    return stop.signum if isinstance(stop, Interrupted) else int(signal.SIGTERM)
+
+
+def last_checkpoint(trainer: L.Trainer) -> LastCheckpoint | None:
+    return next((c for c in trainer.checkpoint_callbacks if isinstance(c, LastCheckpoint)), None)
+
+
+def saved_step(path: Path) -> int | None:
+    """The step a checkpoint holds, ``None`` when there is none."""
+    try:
+        return int(torch.load(path, map_location="cpu", weights_only=True)["global_step"])
+    except (OSError, RuntimeError, EOFError, KeyError):
+        return None
+
+
+def stopped_training_line(signum: int, trainer: L.Trainer, phase: str, resume_from: Path | None) -> str:
+    """One line: where training stopped, which step ``last.ckpt`` holds, what to run next."""
+    last = last_checkpoint(trainer)
+    held = saved_step(last.path) if last is not None and not trainer.fast_dev_run else None  # type: ignore[attr-defined]
+    step = trainer.global_step
+    name = signal_name(signum)
+    if held is None:
+        again = "start the run again with the same command"
+        if resume_from is not None:
+            again = f"resume again with: {invocation()} --ckpt-path {resume_from}"
+        return f"stopped by {name} {phase}, before the first checkpoint: nothing was saved; {again}"
+    assert last is not None
+    where = f"at step {step}" + ("" if phase == "during training" else f" {phase}")
+    if step < held:  # a resume stopped before its checkpoint was restored: no step of its own yet
+        where = phase
+    kept = f"last.ckpt saved at step {held}" if last.saved_on_stop else f"last.ckpt holds step {held}"
+    if held < step:
+        kept += (
+            f" (steps {held + 1}-{step} are trained again on resume)"
+            if step > held + 1
+            else f" (step {step} is trained again on resume)"
+        )
+    return f"stopped by {name} {where}, {kept}; resume with: {invocation()} --ckpt-path {last.path}"
+
+
+def stopped_testing_line(signum: int, trainer: L.Trainer) -> str:
+    """One line for a stop after training: the run stays unfinished, resuming it tests it."""
+    last = last_checkpoint(trainer)
+    name = signal_name(signum)
+    if last is None or trainer.fast_dev_run:  # type: ignore[attr-defined]
+        return f"stopped by {name} while testing: nothing was written"
+    if is_finished(last.path.parent.parent):
+        return f"stopped by {name} as the run finished: its results are written in {last.path.parent.parent}"
+    return (
+        f"stopped by {name} while testing, after training to step {trainer.global_step}: nothing was written "
+        f"and the run stays unfinished (last.ckpt holds step {saved_step(last.path)}); test it and finish the run "
+        f"with: {invocation()} --ckpt-path {last.path}"
+    )
 
 
 def end_progress_bar(trainer: L.Trainer) -> None:
-    """Close the training bar of a stopped fit, so that it is not redrawn after the last message."""
+    """Close the bars of a stopped stage, so that none is redrawn after the last message.
+
+    Under DDP, rank 0 then waits for the ranks it launched to stop too.
+    """
+    if trainer.world_size > 1 and launch_rank() == 0:
+        wait_for_children()
     bar = trainer.progress_bar_callback
     if isinstance(bar, TQDMProgressBar):
-        with contextlib.suppress(TypeError):  # no bar was made yet
-            bar.train_progress_bar.close()
+        for name in ("val_progress_bar", "test_progress_bar", "predict_progress_bar", "train_progress_bar"):
+            with contextlib.suppress(TypeError):  # that bar was never made
+                getattr(bar, name).close()
+        if trainer.is_global_zero:
+            sys.stderr.write("\n")  # a closed bar leaves the cursor on its line: the message gets its own
 
 
 def new_run_dir(settings: Mapping[str, Any]) -> tuple[Path, list[Path]]:
@@ -318,13 +432,7 @@ def build_trainer(
     fast_dev_run: bool,
     extra_callbacks: list[Callback],
 ) -> L.Trainer:
-    best = RunCheckpoint(
-        dirpath=run_dir / "checkpoints",
-        filename="best-epoch{epoch:03d}-acc{val/acc:.4f}",
-        monitor="val/acc",
-        mode="max",
-        auto_insert_metric_name=False,
-    )
+    best = BestCheckpoint(run_dir / "checkpoints")
     last = LastCheckpoint(run_dir / "checkpoints", every_n_train_steps=options.checkpoint_every_n_steps)
     callbacks: list[Callback] = [
         best,
@@ -341,7 +449,7 @@ def build_trainer(
         return L.Trainer(
             accelerator=options.accelerator,
             devices=int(devices) if devices.isdigit() else devices,
-            strategy=options.strategy,
+            strategy=strategy_for(options),
             num_nodes=options.num_nodes,
             precision=options.precision,
             max_epochs=options.max_epochs,
@@ -354,6 +462,56 @@ def build_trainer(
         )
     except (MisconfigurationException, ValueError) as error:
         raise UserError(f"{error} (check --accelerator, --devices, --strategy and --precision)") from None
+
+
+# How long a multi-node run waits for the other nodes to join before it gives up.
+NODE_TIMEOUT_ENV = "LENET_LIGHTNING_NODE_TIMEOUT"
+NODE_TIMEOUT_S = 600
+
+
+def node_timeout() -> int:
+    """Seconds to wait for the other nodes (``$LENET_LIGHTNING_NODE_TIMEOUT``, default 600)."""
+    text = os.environ.get(NODE_TIMEOUT_ENV, "")
+    if not text:
+        return NODE_TIMEOUT_S
+    if not text.isdigit() or int(text) < 1:
+        raise UserError(f"{NODE_TIMEOUT_ENV}={text!r}: give the seconds to wait for the other nodes, e.g. 600")
+    return int(text)
+
+
+def strategy_for(options: RunOptions) -> str | Strategy:
+    """``--strategy``; for several nodes, DDP that gives up waiting for them after :func:`node_timeout`.
+
+    Torch waits 30 minutes by default (per collective, and for the nodes to join), silently.
+    """
+    if options.num_nodes > 1 and options.strategy in ("auto", "ddp"):
+        return DDPStrategy(timeout=timedelta(seconds=node_timeout()))
+    return options.strategy
+
+
+def waiting_for_nodes(trainer: L.Trainer) -> str | None:
+    """The line a multi-node run prints before it waits for the other nodes (``None`` for one node)."""
+    if trainer.num_nodes < 2:
+        return None
+    environment = trainer.strategy.cluster_environment  # type: ignore[attr-defined]
+    where = f"{environment.main_address}:{environment.main_port}"
+    return (
+        f"node {trainer.node_rank} of {trainer.num_nodes}: waiting for the other nodes to join at {where} "
+        f"(start this command on the others with NODE_RANK set to their number, 1 to {trainer.num_nodes - 1}, "
+        f"and MASTER_ADDR, MASTER_PORT set to this address and port); giving up after {node_timeout()} s "
+        f"(${NODE_TIMEOUT_ENV})"
+    )
+
+
+def nodes_did_not_join(trainer: L.Trainer, error: Exception) -> UserError:
+    """One line for a multi-node start whose other nodes never came."""
+    environment = trainer.strategy.cluster_environment  # type: ignore[attr-defined]
+    where = f"{environment.main_address}:{environment.main_port}"
+    return UserError(
+        f"the other nodes did not join at {where} within {node_timeout()} s ({str(error).splitlines()[0]}): "
+        f"start this command on every node with NODE_RANK, MASTER_ADDR and MASTER_PORT set, or wait longer with "
+        f"{NODE_TIMEOUT_ENV}=<seconds>"
+    )
 
 
 class RunFolderSync(Callback):
@@ -401,6 +559,12 @@ def report_test(trainer: L.Trainer, model: LeNetClassifier, run_dir: Path | None
 
 
 def evaluate(checkpoint_path: Path, given: Mapping[str, Any]) -> dict[str, Any]:
+    """:func:`_evaluate`, stopping on SIGTERM and SIGINT with :class:`Interrupted` (nothing is written then)."""
+    with stops_on_signals():
+        return _evaluate(checkpoint_path, given)
+
+
+def _evaluate(checkpoint_path: Path, given: Mapping[str, Any]) -> dict[str, Any]:
     """Test a checkpoint with the settings it holds; ``given`` may change where and how it runs, not the model.
 
     Writes ``eval_<checkpoint>_<data folder>_<digest of its path>_metrics.json`` into the run
@@ -427,13 +591,23 @@ def evaluate(checkpoint_path: Path, given: Mapping[str, Any]) -> dict[str, Any]:
         precision=settings["precision"],
         logger=False,
         enable_checkpointing=False,
-        callbacks=console_callbacks(),
+        callbacks=[*console_callbacks(), StopOnSignal()],
     )
-    trainer.test(model, datamodule=datamodule, verbose=False)
     data_dir = datamodule.data_dir.absolute()
     where = hashlib.sha256(str(data_dir).encode()).hexdigest()[:8]
     stem = f"eval_{checkpoint_path.stem}_{data_dir.name}_{where}"
     run_dir = run_dir_of(checkpoint_path)
-    metrics = report_test(trainer, model, run_dir, f"{stem}_metrics.json")
+    metrics: dict[str, Any] | None = None
+    try:
+        trainer.test(model, datamodule=datamodule, verbose=False)
+        with deferred():  # the results are written whole or not at all
+            metrics = report_test(trainer, model, run_dir, f"{stem}_metrics.json")
+    except (Interrupted, SIGTERMException) as stop:
+        end_progress_bar(trainer)
+        signum = stop_signal(stop)
+        done = "nothing was written" if metrics is None else f"its results are written in {run_dir}"
+        raise Interrupted(
+            signum, f"stopped by {signal_name(signum)} while evaluating '{checkpoint_path}': {done}"
+        ) from None
     print(f"evaluation of '{checkpoint_path}' on '{datamodule.data_dir}': {run_dir / stem}_metrics.json")
     return metrics

@@ -22,9 +22,11 @@ from lightning.pytorch.plugins.io import TorchCheckpointIO
 from typing_extensions import override
 
 from lenet_lightning.checkpoints import DIGEST_KEY, state_digest
-from lenet_lightning.errors import UserError, invocation
+from lenet_lightning.errors import Interrupted, UserError, invocation
+from lenet_lightning.leftovers import owner_tag, remove_abandoned
 from lenet_lightning.records import RUN_KEY
 from lenet_lightning.settings import SETTINGS, RunOptions
+from lenet_lightning.signals import agreed_signal
 
 VERSION_PREFIX = "version_"
 VERSION_PATTERN = re.compile(r"version_([0-9]+)")
@@ -143,13 +145,19 @@ def find_last_checkpoint(log_dir: Path, name: str, unfinished: bool = False) -> 
 # --- writing checkpoints ----------------------------------------------------------------
 
 
+# ".tmp-<owner tag><8 hex digits>-<name>": what AtomicCheckpointIO writes before renaming.
+TMP_PREFIX = ".tmp-"
+
+
 class AtomicCheckpointIO(TorchCheckpointIO):
     """Saves to a temporary file, syncs it to disk, then renames it into place.
 
     A run killed at any moment (``kill -9`` included) leaves either the previous
     checkpoint or the new one, never a truncated file. Each write has its own
-    temporary name, and only the writer removes it (two runs never touch each
-    other's files). Every checkpoint with weights also gets their digest
+    temporary name, which names its writer (process space and id): the writer removes it,
+    or, after a ``kill -9``, the next run in that folder once the writer is gone
+    (:func:`~lenet_lightning.leftovers.remove_abandoned`); a live writer's file is never
+    touched. Every checkpoint with weights also gets their digest
     (:func:`~lenet_lightning.checkpoints.state_digest`), which loading checks.
     """
 
@@ -160,7 +168,7 @@ class AtomicCheckpointIO(TorchCheckpointIO):
             checkpoint = {**checkpoint, DIGEST_KEY: state_digest(checkpoint["state_dict"])}
         target = Path(path)
         target.parent.mkdir(parents=True, exist_ok=True)
-        tmp = target.with_name(f".{target.name}.{uuid.uuid4().hex}.tmp")
+        tmp = target.with_name(f"{TMP_PREFIX}{owner_tag()}{uuid.uuid4().hex[:8]}-{target.name}")
         try:
             with tmp.open("wb") as file:
                 torch.save(checkpoint, file)
@@ -209,43 +217,49 @@ class RunCheckpoint(ModelCheckpoint):
 
 
 class LastCheckpoint(RunCheckpoint):
-    """``last.ckpt``: replaced at every epoch's end (after its validation), every N steps, and on SIGTERM.
+    """``last.ckpt``: replaced at every epoch's end (after its validation), every N steps, and when stopped.
 
     A ``ModelCheckpoint`` only so that Lightning runs it after the other callbacks, like
     the best-checkpoint callback before it: ``last.ckpt`` then holds that callback's
-    state of the same epoch. Its saving rule is its own. A step save that falls on an
-    epoch's last batch is left to the epoch-end save: Lightning cannot resume exactly
-    from a checkpoint taken between an epoch's last batch and its validation (it skips
-    that validation and miscounts the epoch).
+    state of the same epoch. Its saving rule is its own.
+
+    Lightning cannot resume exactly from a checkpoint taken between an epoch's last batch
+    and its validation (it skips that validation and miscounts the epoch). So no save falls
+    on an epoch's last batch; instead ``last.ckpt`` is also saved before each epoch's last
+    batch. A run stopped during the last batch or the validation after it (SIGTERM, Ctrl-C,
+    a crash) then resumes from there: it trains that batch again and validates, exactly as
+    the uninterrupted run did, and loses one step instead of the whole epoch.
+
+    When a stop signal has arrived (on any rank: :func:`~lenet_lightning.signals.agreed_signal`
+    decides for all of them, before any of them takes part in a save), the step just
+    trained is saved and :class:`~lenet_lightning.errors.Interrupted` stops the run.
     """
 
     def __init__(self, dirpath: Path, every_n_train_steps: int = 0) -> None:
         super().__init__(dirpath=dirpath, filename="last", save_top_k=0)
         self.path = dirpath / "last.ckpt"
         self.every_n_train_steps = every_n_train_steps
-        self.saved_on_sigterm = False
-        self._sigterm_at_batch_start = False
+        self.saved_on_stop = False
 
     @override
-    def on_train_batch_start(
-        self, trainer: L.Trainer, pl_module: L.LightningModule, batch: Any, batch_idx: int
-    ) -> None:
-        # Under DDP Lightning shares rank 0's SIGTERM with every rank just before this hook, so this
-        # snapshot is the same on all ranks (they must all take part in a save).
-        self._sigterm_at_batch_start = trainer.received_sigterm
+    def setup(self, trainer: L.Trainer, pl_module: L.LightningModule, stage: str) -> None:
+        super().setup(trainer, pl_module, stage)
+        if stage == "fit" and trainer.is_global_zero:
+            remove_abandoned(self.path.parent, TMP_PREFIX)  # of writers killed before
 
     @override
     def on_train_batch_end(
         self, trainer: L.Trainer, pl_module: L.LightningModule, outputs: Any, batch: Any, batch_idx: int
     ) -> None:
-        if trainer.fast_dev_run or batch_idx + 1 == trainer.num_training_batches:  # type: ignore[attr-defined]
-            return
-        # Lightning stops after this step when SIGTERM (a preemption) has arrived: save it first.
-        stopping = trainer.received_sigterm if trainer.world_size == 1 else self._sigterm_at_batch_start
+        stop = agreed_signal(trainer)
+        batches = trainer.num_training_batches
         every = self.every_n_train_steps
-        if stopping or (every and trainer.global_step % every == 0):
+        due = stop or batch_idx + 2 == batches or (every and trainer.global_step % every == 0)
+        if due and batch_idx + 1 != batches and not trainer.fast_dev_run:  # type: ignore[attr-defined]
             trainer.save_checkpoint(self.path, weights_only=False)
-            self.saved_on_sigterm = stopping
+            self.saved_on_stop = stop is not None
+        if stop is not None:
+            raise Interrupted(stop)
 
     @override
     def on_validation_end(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
@@ -255,6 +269,44 @@ class LastCheckpoint(RunCheckpoint):
     def on_train_epoch_end(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
         if not trainer.fast_dev_run:  # type: ignore[attr-defined]
             trainer.save_checkpoint(self.path, weights_only=False)
+        stop = agreed_signal(trainer)
+        if stop is not None:
+            self.saved_on_stop = True
+            raise Interrupted(stop)
+
+
+class BestCheckpoint(RunCheckpoint):
+    """``best-epoch<NNN>-acc<val/acc>.ckpt``: the epoch with the highest validation accuracy, one file.
+
+    A resumed run validates again the epoch its checkpoint stopped in; when the stopped run
+    had already saved that epoch's best file, Lightning would write a ``-v1`` copy beside it
+    and keep both. Exact resume makes them the same checkpoint, so the file is replaced
+    instead (``enable_version_counter=False``), and when training ends, best files of the
+    folder that are not the best (``-vN`` copies left by earlier versions, a previous best
+    left by a run killed between saving the new one and removing it) are removed.
+    """
+
+    FILE = re.compile(r"best-epoch[0-9]+-acc[0-9.]+(-v[0-9]+)?\.ckpt")
+
+    def __init__(self, dirpath: Path) -> None:
+        super().__init__(
+            dirpath=dirpath,
+            filename="best-epoch{epoch:03d}-acc{val/acc:.4f}",
+            monitor="val/acc",
+            mode="max",
+            auto_insert_metric_name=False,
+            enable_version_counter=False,
+        )
+
+    @override
+    def on_train_end(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
+        super().on_train_end(trainer, pl_module)
+        if not trainer.is_global_zero or trainer.fast_dev_run or not self.best_model_path:  # type: ignore[attr-defined]
+            return
+        best = Path(self.best_model_path).name
+        for path in Path(str(self.dirpath)).iterdir():
+            if self.FILE.fullmatch(path.name) and path.name != best:
+                path.unlink(missing_ok=True)
 
 
 class SaveRunOptions(Callback):

@@ -189,7 +189,7 @@ class CrashInFirstValidation(Callback):
 
 
 def test_crash_between_an_epochs_last_step_and_its_validation_resumes_exactly(tmp_path, monkeypatch):
-    """A step save on an epoch's last batch would come before validation: Lightning cannot resume from there."""
+    """A save after an epoch's last batch would come before validation: Lightning cannot resume from there."""
     data = write_cifar_archive(tmp_path / "data", train_per_class=30, test_per_class=5)
     # 300 - 50 = 250 images in batches of 25: 10 steps per epoch, a step save due at steps 5 and 10.
     flags = ["--data-dir", str(data), "--accelerator", "cpu", "--batch-size", "25", "--val-size", "50"]
@@ -206,7 +206,8 @@ def test_crash_between_an_epochs_last_step_and_its_validation_resumes_exactly(tm
         main([*flags, "--log-dir", str(tmp_path / "crashed")])
     monkeypatch.setattr(experiment, "build_trainer", build_trainer)
     last = tmp_path / "crashed" / "lenet" / "version_0" / "checkpoints" / "last.ckpt"
-    assert torch.load(last, weights_only=True)["global_step"] == 5  # not 10: that save waits for validation
+    # Saved before the epoch's last step (9), not after it (10): Lightning resumes exactly only from there.
+    assert torch.load(last, weights_only=True)["global_step"] == 9
     resumed = main(["--ckpt-path", "last", "--log-dir", str(tmp_path / "crashed")])
     assert resumed == whole
     ends = last_checkpoints(*(tmp_path / name / "lenet" / "version_0" for name in ("whole", "crashed")))
