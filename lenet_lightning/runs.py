@@ -158,7 +158,7 @@ class AtomicCheckpointIO(TorchCheckpointIO):
     def save_checkpoint(self, checkpoint: dict[str, Any], path: Any, storage_options: Any = None) -> None:
         target = Path(path)
         target.parent.mkdir(parents=True, exist_ok=True)
-        tmp = target.with_name(f".{target.name}.{socket.gethostname()}.{os.getpid()}.{uuid.uuid4().hex}.tmp")
+        tmp = target.with_name(f".{target.name}.{host_name()}.{os.getpid()}.{uuid.uuid4().hex}.tmp")
         try:
             with tmp.open("wb") as file:
                 torch.save(checkpoint, file)
@@ -173,6 +173,11 @@ class AtomicCheckpointIO(TorchCheckpointIO):
 TEMPORARY_NAME = re.compile(r"\.(?P<name>.+)\.(?P<host>[^.]+)\.(?P<pid>[0-9]+)\.[0-9a-f]{32}\.tmp")
 
 
+def host_name() -> str:
+    """This host's name as temporary file names carry it (without dots, which separate the name's parts)."""
+    return socket.gethostname().replace(".", "_")
+
+
 def remove_stale_temporary_files(folder: Path) -> list[Path]:
     """Remove the temporary checkpoint files in ``folder`` whose writer, a process on this host, is gone.
 
@@ -182,7 +187,7 @@ def remove_stale_temporary_files(folder: Path) -> list[Path]:
     removed: list[Path] = []
     if not folder.is_dir():
         return removed
-    host = socket.gethostname()
+    host = host_name()
     for path in folder.iterdir():
         match = TEMPORARY_NAME.fullmatch(path.name)
         if match and match["host"] == host and not process_alive(int(match["pid"])):

@@ -23,7 +23,7 @@ from lenet_lightning import download, experiment, export, predict
 from lenet_lightning.cli import main, run
 from lenet_lightning.data import CIFAR10DataModule
 from lenet_lightning.module import LeNetClassifier
-from lenet_lightning.runs import LastCheckpoint
+from lenet_lightning.runs import LastCheckpoint, host_name
 from tests.conftest import error_line, last_checkpoints, train_py, write_cifar_archive
 from tests.test_download import archive, md5, official_md5_is, serve  # noqa: F401  (fixtures: a local mirror)
 
@@ -279,7 +279,7 @@ def test_a_resumed_run_leaves_one_best_checkpoint_and_removes_temporary_files_of
     monkeypatch.undo()
     folder = tmp_path / "lenet" / "version_0" / "checkpoints"
     dead = kill_a_writer_mid_save(folder / "last.ckpt")
-    live = folder / f".last.ckpt.{socket.gethostname()}.{os.getpid()}.{'0' * 32}.tmp"  # a writer still at work
+    live = folder / f".last.ckpt.{host_name()}.{os.getpid()}.{'0' * 32}.tmp"  # a writer still at work
     elsewhere = folder / f".last.ckpt.another-host.{dead.name.split('.')[-3]}.{'1' * 32}.tmp"
     for path in (live, elsewhere):
         path.write_bytes(b"half a checkpoint")
