@@ -141,28 +141,39 @@ def main(argv: Sequence[str] | None = None) -> dict[str, Any]:
     check_modes(args)
     with experiment.quiet_console(), experiment.process_state_restored(), stops_on_signals():
         if args.predict:
-            return {"predictions": nothing_written_when_stopped(predict, args, "classifying files")}
+            output = Path(args.output) if args.output else None
+            return {"predictions": nothing_written_when_stopped(predict, args, "classifying files", output)}
         if args.export:
-            return nothing_written_when_stopped(export, args, f"exporting to '{args.export}'")
+            return nothing_written_when_stopped(export, args, f"exporting to '{args.export}'", Path(args.export))
         if args.evaluate:
             return evaluate(args)
         return train(args)
 
 
 def nothing_written_when_stopped(
-    work: Callable[[argparse.Namespace], Any], args: argparse.Namespace, doing: str
+    work: Callable[[argparse.Namespace], Any], args: argparse.Namespace, doing: str, target: Path | None
 ) -> Any:
-    """Run ``work``; a stop signal becomes one line saying that nothing was written.
+    """Run ``work``; a stop signal becomes one line saying whether ``target`` (file or folder) was changed.
 
-    Predictions are printed or written only once all are made, and a bundle is built in a
-    staging folder that is removed on the way out, so an interrupted run leaves nothing.
+    Predictions are written only once all are made, and a bundle is built in a staging
+    folder that is removed on the way out, so a stop leaves ``target`` as it was, unless it
+    came while the finished files were being moved into place: then the line says so.
     """
+    before = file_states(target)
     try:
         return work(args)
     except Interrupted as stop:
-        raise Interrupted(
-            stop.signum, f"stopped by {signal_name(stop.signum)} while {doing}: nothing was written"
-        ) from None
+        changed = target is not None and file_states(target) != before
+        outcome = f"'{target}' may be incomplete: run it again" if changed else "nothing was written"
+        raise Interrupted(stop.signum, f"stopped by {signal_name(stop.signum)} while {doing}: {outcome}") from None
+
+
+def file_states(target: Path | None) -> dict[str, tuple[int, int]]:
+    """Size and modification time of ``target``'s files (itself, if a file): enough to see that it changed."""
+    if target is None or not target.exists():
+        return {}
+    files = [target] if target.is_file() else [p for p in target.iterdir() if p.is_file()]
+    return {p.name: (p.stat().st_size, p.stat().st_mtime_ns) for p in files}
 
 
 def check_modes(args: argparse.Namespace) -> None:
