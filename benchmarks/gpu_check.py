@@ -41,9 +41,11 @@ from torch.nn import functional as F
 
 from lenet_lightning import experiment
 from lenet_lightning.data import CIFAR10DataModule
+from lenet_lightning.extensions.tensorboard import build_logger
 from lenet_lightning.model import LeNet5
 from lenet_lightning.module import LeNetClassifier
 from lenet_lightning.optimization import build_optimizer, build_scheduler
+from lenet_lightning.process import quiet_console
 from lenet_lightning.runs import claim_run_dir
 from lenet_lightning.settings import data_arguments, model_arguments, resolve_settings, run_options
 
@@ -143,7 +145,7 @@ def time_fit(settings: dict[str, Any], datamodule: CIFAR10DataModule, log_dir: P
     model = LeNetClassifier(class_names=datamodule.classes, **model_arguments(settings))
     run_dir = claim_run_dir(log_dir / "fit")
     timer = EpochTimer(torch.device(datamodule.device or "cpu"))
-    trainer = experiment.build_trainer(run_options(settings), experiment.build_logger(run_dir), run_dir, False, [timer])
+    trainer = experiment.build_trainer(run_options(settings), build_logger(run_dir), run_dir, False, [timer])
     trainer.limit_val_batches = 0
     deterministic = torch.are_deterministic_algorithms_enabled()
     try:
@@ -256,7 +258,7 @@ def main(argv: Sequence[str] | None = None) -> int:
             print("one epoch, 2-GPU DDP: only with two or more GPUs")
         return 0
     start = time.perf_counter()
-    with experiment.quiet_console():
+    with quiet_console():
         results = run_checks(checks)
     print("\n| check | ok | result |\n|---|---|---|")
     for result in results:

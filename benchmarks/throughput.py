@@ -77,11 +77,13 @@ from torchvision import transforms
 from lenet_lightning.cifar10 import NORMALIZATIONS
 from lenet_lightning.cli import build_parser
 from lenet_lightning.data import CIFAR10DataModule
-from lenet_lightning.experiment import build_logger, build_trainer, quiet_console
+from lenet_lightning.experiment import build_trainer
+from lenet_lightning.extensions.tensorboard import build_logger
 from lenet_lightning.hardware import check_hardware
 from lenet_lightning.model import LeNet5
 from lenet_lightning.module import LeNetClassifier
 from lenet_lightning.optimization import build_optimizer, build_scheduler
+from lenet_lightning.process import quiet_console
 from lenet_lightning.runs import claim_run_dir
 from lenet_lightning.settings import RECIPES, data_arguments, model_arguments, resolve_settings, run_options
 

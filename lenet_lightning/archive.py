@@ -22,18 +22,9 @@ import torch
 from typing_extensions import override
 
 from lenet_lightning.cifar10 import ARCHIVE_FOLDER, ARCHIVE_MD5, ARCHIVE_NAME, ARCHIVE_SIZE, CLASSES, IMAGE_SIZE
-from lenet_lightning.download import (
-    DOWNLOAD_URL_ENV,
-    DownloadError,
-    Limits,
-    PartialFile,
-    check_free_space,
-    fetch,
-    file_md5,
-    folder_lock,
-    source_urls,
-)
+from lenet_lightning.download import DOWNLOAD_URL_ENV, DownloadError, check_free_space, fetch, folder_lock, source_urls
 from lenet_lightning.errors import UserError
+from lenet_lightning.transfer import Limits, PartialFile, file_md5
 
 
 def is_unpacked(data_dir: Path) -> bool:

@@ -16,13 +16,14 @@ from typing import Any, NoReturn
 
 from typing_extensions import override
 
-from lenet_lightning import experiment
+from lenet_lightning import evaluation, experiment
 from lenet_lightning.checkpoints import load_checkpoint
 from lenet_lightning.errors import Interrupted, SettingError, UserError, signal_name
 from lenet_lightning.export import export_bundle, summary_text
 from lenet_lightning.predict import predict_paths
+from lenet_lightning.process import process_state_restored, quiet_console
 from lenet_lightning.records import checkpoint_record, dump_config, load_config
-from lenet_lightning.runs import check_resumable, find_last_checkpoint
+from lenet_lightning.runs import check_resumable, find_last_checkpoint, launch_rank
 from lenet_lightning.settings import (
     DEFAULTS,
     RECIPES,
@@ -139,7 +140,7 @@ def main(argv: Sequence[str] | None = None) -> dict[str, Any]:
     """Run the command line; returns the test metrics (train, evaluate), the predictions or the settings."""
     args = build_parser().parse_args(argv)
     check_modes(args)
-    with experiment.quiet_console(), experiment.process_state_restored(), stops_on_signals():
+    with quiet_console(), process_state_restored(), stops_on_signals():
         if args.predict:
             output = Path(args.output) if args.output else None
             return {"predictions": nothing_written_when_stopped(predict, args, "classifying files", output)}
@@ -232,7 +233,7 @@ def evaluate(args: argparse.Namespace) -> dict[str, Any]:
         raise UserError("--evaluate needs --ckpt-path <checkpoint.ckpt>")
     given = {key: value for key, value in vars(args).items() if value is not None and key in SETTINGS}
     with settings_named_by(dict.fromkeys(given, "flag")):
-        return experiment.evaluate(checkpoint, given)
+        return evaluation.evaluate(checkpoint, given)
 
 
 def run(argv: Sequence[str] | None = None) -> int:
@@ -247,7 +248,7 @@ def run(argv: Sequence[str] | None = None) -> int:
         print(f"error: {error}", file=sys.stderr)
         return 2
     except Interrupted as stop:
-        if experiment.launch_rank() == 0:  # every DDP process stops alike; one says so
+        if launch_rank() == 0:  # every DDP process stops alike; one says so
             print(stop, file=sys.stderr)
         return stop.exit_code
     except KeyboardInterrupt:  # before the handlers are in place (reading the flags): nothing was done yet

@@ -27,9 +27,11 @@ from lenet_lightning.cifar10 import (
     default_cache_dir,
     resolve_normalization,
 )
-from lenet_lightning.download import given_urls, notice, source_urls
+from lenet_lightning.download import given_urls, source_urls
 from lenet_lightning.errors import SettingError, UserError
-from lenet_lightning.sources import Split, detect_source, load_split
+from lenet_lightning.image_folders import Split
+from lenet_lightning.progress import notice
+from lenet_lightning.sources import detect_source, load_split
 from lenet_lightning.validation import check_bool, check_choice, check_int, check_path
 
 MAX_SEED = 2**32 - 1  # what NumPy (seeded by Lightning's seed_everything) accepts

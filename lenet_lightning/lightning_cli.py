@@ -18,9 +18,9 @@ from lightning.pytorch.callbacks import ModelSummary, ProgressBar
 from lightning.pytorch.cli import ArgsType, LightningArgumentParser, LightningCLI
 from typing_extensions import override
 
-from lenet_lightning.callbacks import console_callbacks
 from lenet_lightning.data import CIFAR10DataModule
 from lenet_lightning.errors import SettingError
+from lenet_lightning.extensions.console import console_callbacks
 from lenet_lightning.module import LeNetClassifier
 from lenet_lightning.settings import MODEL_KEYS, RunOptions
 

@@ -9,20 +9,13 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 from functools import cache
-from typing import Protocol, cast, runtime_checkable
+from typing import Protocol, runtime_checkable
 
-import lightning as L
-import numpy as np
 import torch
-from lightning.pytorch.callbacks import Callback
-from lightning.pytorch.loggers import TensorBoardLogger
 from PIL import Image, ImageDraw, ImageFont
 from torch import Tensor
 from torch.nn import functional as F
 from torchvision.utils import make_grid
-from typing_extensions import override
-
-from lenet_lightning.batches import denormalize
 
 CORRECT_RGB = (26, 127, 55)
 WRONG_RGB = (209, 36, 47)
@@ -126,75 +119,3 @@ class NormalizedData(Protocol):
 
     mean: tuple[float, ...]
     std: tuple[float, ...]
-
-
-class TensorBoardPictures(Callback):
-    """Each validation epoch: confusion matrix and a prediction grid; after testing: the test confusion matrix.
-
-    The grid always shows the same validation images (the first ``num_images`` of
-    this process's validation shard, which is never shuffled), so epochs compare.
-    Works with any module that is a :class:`PicturedClassifier` and any DataModule
-    that is :class:`NormalizedData` (to show the images as they are).
-    """
-
-    def __init__(self, num_images: int = 32) -> None:
-        self.num_images = num_images
-        self._grid: tuple[Tensor, Tensor, Tensor] | None = None
-
-    @override
-    def setup(self, trainer: L.Trainer, pl_module: L.LightningModule, stage: str) -> None:
-        datamodule = getattr(trainer, "datamodule", None)
-        if not isinstance(pl_module, PicturedClassifier) or not isinstance(datamodule, NormalizedData):
-            raise TypeError(
-                "TensorBoardPictures needs a module with class_names and confusion, and a DataModule with mean and std"
-            )
-
-    @override
-    def on_validation_batch_end(
-        self,
-        trainer: L.Trainer,
-        pl_module: L.LightningModule,
-        outputs: object,
-        batch: tuple[Tensor, Tensor],
-        batch_idx: int,
-        dataloader_idx: int = 0,
-    ) -> None:
-        if batch_idx != 0 or trainer.sanity_checking or not trainer.is_global_zero:
-            return
-        images, targets = batch[0][: self.num_images], batch[1][: self.num_images]
-        with torch.no_grad():
-            preds = pl_module(images).argmax(dim=1)
-        data = cast(NormalizedData, trainer.datamodule)  # type: ignore[attr-defined]
-        self._grid = (denormalize(images, data.mean, data.std).cpu(), targets.cpu(), preds.cpu())
-
-    @override
-    def on_validation_end(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
-        if trainer.sanity_checking or not trainer.is_global_zero:
-            return
-        step = trainer.global_step
-        self._add(trainer, "val/confusion_matrix", self._confusion(pl_module, "val", trainer.current_epoch), step)
-        if self._grid is not None:
-            self._add(
-                trainer,
-                "val/predictions",
-                prediction_image(*self._grid, cast(PicturedClassifier, pl_module).class_names),
-                step,
-            )
-
-    @override
-    def on_test_end(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
-        if trainer.is_global_zero:
-            self._add(trainer, "test/confusion_matrix", self._confusion(pl_module, "test"), trainer.global_step)
-
-    @staticmethod
-    def _confusion(pl_module: L.LightningModule, stage: str, epoch: int | None = None) -> Image.Image:
-        title = f"{stage} confusion matrix (% of true class)" + (f", epoch {epoch}" if epoch is not None else "")
-        model = cast(PicturedClassifier, pl_module)
-        return confusion_image(model.confusion[stage], model.class_names, title)
-
-    @staticmethod
-    def _add(trainer: L.Trainer, tag: str, image: Image.Image, step: int) -> None:
-        pixels = np.asarray(image)
-        for logger in trainer.loggers:
-            if isinstance(logger, TensorBoardLogger):
-                logger.experiment.add_image(tag, pixels, global_step=step, dataformats="HWC")

@@ -269,3 +269,8 @@ class StopOnSignal(Callback):
     @override
     def on_exception(self, trainer: L.Trainer, pl_module: L.LightningModule, exception: BaseException) -> None:
         _stops.deferred = False
+
+
+def stop_signal(stop: BaseException) -> int:
+    """The signal behind a stop (Lightning raises ``SIGTERMException`` in the moment before our handler is in place)."""
+    return stop.signum if isinstance(stop, Interrupted) else int(signal.SIGTERM)

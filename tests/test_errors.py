@@ -9,7 +9,7 @@ from pathlib import Path
 import pytest
 import torch
 
-from lenet_lightning import experiment
+from lenet_lightning import evaluation
 from lenet_lightning.cli import run
 from lenet_lightning.errors import UserError
 from tests.conftest import (
@@ -189,7 +189,7 @@ def test_evaluate_shows_its_table_even_when_the_run_folder_is_read_only(small_ch
     def read_only(*args, **kwargs):
         raise OSError(30, "Read-only file system")
 
-    monkeypatch.setattr(experiment, "write_json", read_only)
+    monkeypatch.setattr(evaluation, "write_json", read_only)
     assert run(["--evaluate", "--ckpt-path", str(small_checkpoint)]) == 2
     captured = capsys.readouterr()
     assert "overall" in captured.out

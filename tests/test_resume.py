@@ -14,7 +14,7 @@ from lightning.pytorch.callbacks import Callback
 
 from lenet_lightning import experiment
 from lenet_lightning.cli import main, run
-from lenet_lightning.runs import AtomicCheckpointIO
+from lenet_lightning.extensions.checkpointing import AtomicCheckpointIO
 from tests.conftest import last_checkpoints, train_py, write_cifar_archive
 from tests.test_train import has_hparams, read_events
 

@@ -19,12 +19,12 @@ from typing import Any
 import pytest
 import torch
 
-from lenet_lightning import download, experiment, export, predict
+from lenet_lightning import download, export, hardware, predict
 from lenet_lightning.cli import main, run
 from lenet_lightning.data import CIFAR10DataModule
+from lenet_lightning.extensions.checkpointing import LastCheckpoint
 from lenet_lightning.leftovers import owner_tag
 from lenet_lightning.module import LeNetClassifier
-from lenet_lightning.runs import LastCheckpoint
 from tests.conftest import error_line, last_checkpoints, train_py, write_cifar_archive
 from tests.test_download import archive, md5, official_md5_is, serve  # noqa: F401  (fixtures: a local mirror)
 
@@ -221,7 +221,7 @@ def test_sigterm_to_ddp_rank_0_while_the_ranks_save_every_step_stops_both_ranks(
 
 def test_a_multi_node_run_says_where_it_waits_for_the_other_nodes_and_gives_up_in_time(tiny_data, tmp_path):
     flags = ["--data-dir", tiny_data, "--log-dir", tmp_path, "--accelerator", "cpu", "--devices", "1"]
-    env = {**os.environ, experiment.NODE_TIMEOUT_ENV: "2", "MASTER_PORT": str(free_port())}
+    env = {**os.environ, hardware.NODE_TIMEOUT_ENV: "2", "MASTER_PORT": str(free_port())}
     started = time.monotonic()
     done = subprocess.run(train_py(*flags, "--num-nodes", "2"), capture_output=True, text=True, env=env, timeout=120)
     assert time.monotonic() - started < 60
@@ -244,7 +244,7 @@ def free_port() -> int:
 KILLED_WRITER = """
 import sys, time, torch
 from pathlib import Path
-from lenet_lightning.runs import AtomicCheckpointIO
+from lenet_lightning.extensions.checkpointing import AtomicCheckpointIO
 
 def half_written(obj, file):
     file.write(b"half a checkpoint")

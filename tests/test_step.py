@@ -7,8 +7,8 @@ import math
 import pytest
 import torch
 
-from lenet_lightning.callbacks import FiniteLossGuard
 from lenet_lightning.cli import main
+from lenet_lightning.extensions.callbacks import FiniteLossGuard
 from lenet_lightning.module import LeNetClassifier
 
 # Each of these copies a device tensor to the host, so the host waits for all queued device work.

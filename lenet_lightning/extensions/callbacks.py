@@ -1,16 +1,15 @@
-"""Callbacks: stopping a run early in one line instead of letting it go wrong quietly, weight averaging."""
+"""Callbacks: stop a diverging run in one line, average weights, know when training started, agree on the run folder."""
 
 from __future__ import annotations
 
-import contextlib
 import sys
 from collections.abc import Mapping
+from pathlib import Path
 from typing import Any
 
 import lightning as L
 import torch
-from lightning.pytorch.callbacks import Callback, EMAWeightAveraging, ModelSummary, TQDMProgressBar
-from lightning.pytorch.callbacks.progress.tqdm_progress import Tqdm
+from lightning.pytorch.callbacks import Callback, EMAWeightAveraging
 from lightning.pytorch.trainer.states import TrainerFn
 from torch import Tensor
 from typing_extensions import override
@@ -94,45 +93,23 @@ class AveragedWeights(EMAWeightAveraging):
             super().on_load_checkpoint(trainer, pl_module, checkpoint)
 
 
-class StderrProgressBar(TQDMProgressBar):
-    """Lightning's progress bars on stderr, so that stdout carries only results (tables, predictions).
+class TrainingStart(Callback):
+    """Knows whether training has started: a run folder with a started run is kept, whatever happens next."""
 
-    Lightning makes each bar with ``file=sys.stdout``, read when the bar is made; it is
-    made while ``sys.stdout`` points at stderr.
-    """
-
-    @override
-    def init_sanity_tqdm(self) -> Tqdm:
-        with contextlib.redirect_stdout(sys.stderr):
-            return super().init_sanity_tqdm()
+    def __init__(self) -> None:
+        self.started = False
 
     @override
-    def init_train_tqdm(self) -> Tqdm:
-        with contextlib.redirect_stdout(sys.stderr):
-            return super().init_train_tqdm()
+    def on_train_start(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
+        self.started = True
+
+
+class RunFolderSync(Callback):
+    """Makes every process agree with rank 0 on the run folder (torchrun/SLURM start ranks separately)."""
+
+    def __init__(self, run_dir: Path) -> None:
+        self.run_dir = run_dir
 
     @override
-    def init_validation_tqdm(self) -> Tqdm:
-        with contextlib.redirect_stdout(sys.stderr):
-            return super().init_validation_tqdm()
-
-    @override
-    def init_test_tqdm(self) -> Tqdm:
-        with contextlib.redirect_stdout(sys.stderr):
-            return super().init_test_tqdm()
-
-    @override
-    def init_predict_tqdm(self) -> Tqdm:
-        with contextlib.redirect_stdout(sys.stderr):
-            return super().init_predict_tqdm()
-
-
-def console_callbacks(progress_bar: bool = True, model_summary: bool = True) -> list[Callback]:
-    """The progress bar and model summary, chosen here so that whether ``rich`` is installed changes nothing.
-
-    (Lightning picks its rich variants when ``rich`` is importable.) Bars and summary go to
-    stderr; stdout carries only results. A redraw per step costs as much as a LeNet step at
-    batch 4 (``benchmarks/throughput.py``), hence one redraw per 10 steps.
-    """
-    chosen: list[Callback] = [StderrProgressBar(refresh_rate=10)] if progress_bar else []
-    return [*chosen, ModelSummary(max_depth=1)] if model_summary else chosen
+    def setup(self, trainer: L.Trainer, pl_module: L.LightningModule, stage: str) -> None:
+        self.run_dir = Path(trainer.strategy.broadcast(str(self.run_dir), src=0))
