@@ -17,7 +17,7 @@ def _skip_teardown() -> None:
 
     Registered before anything else is imported, so it runs last. By then ``run()`` has
     written and closed every file; freeing the thousands of modules Lightning imports would
-    only add 1-1.5 s (``benchmarks/fixed_cost.py``). After an uncaught exception (or
+    only add time (``benchmarks/fixed_cost.py``, docs/performance.md). After an uncaught exception (or
     argparse's own exit) Python ends as usual.
     """
     if _finished:

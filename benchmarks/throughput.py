@@ -25,7 +25,7 @@ runs down). A second table times (a) with loader worker processes, and the last
 runs ``train.py --max-epochs 1`` for its peak memory and times the data loading
 of a first (empty cache) and a second (warm cache) run, each in a fresh process.
 
-Usage, from the repository root (prints Markdown tables to paste into the README)::
+Usage, from the repository root (prints Markdown tables for docs/performance.md)::
 
     python -m benchmarks.throughput --data-dir data               # full: ~6 min on 2 CPU cores
     python -m benchmarks.throughput --data-dir data --quick       # smoke test: ~1.5 min

@@ -145,7 +145,7 @@ class TensorSlices(Dataset[Any]):
 class TensorBatchLoader:
     """An iterable of model-ready ``(images, labels)`` batches sliced from in-memory tensors.
 
-    With ``num_workers=0`` (the default, chosen by measurement: see README) each
+    With ``num_workers=0`` (the default, chosen by measurement: docs/performance.md) each
     batch is one indexing operation plus the batch transform, in the main process
     and on the device the data live on. With ``num_workers > 0`` the same requests
     go to a persistent-worker ``DataLoader``. Either way the loader itself is not a

@@ -57,7 +57,8 @@ class CIFAR10DataModule(L.LightningDataModule):
             no gradients, so it takes large batches whatever the training batch size (at
             the tutorial's batch 4, validating 5,000 images would take 1,250 steps).
         num_workers: worker processes making batches (persistent); 0, the
-            default, makes them in the main process, which measures faster (see README).
+            default, makes them in the main process, which measures faster
+            (docs/performance.md).
         val_size: images carved from the training split for validation: a number of
             images (at least 1: the best checkpoint is chosen on them) or a fraction of the
             split (``0.1``); drawn with a generator seeded by ``seed``, so every process

@@ -213,8 +213,8 @@ class LeNetClassifier(L.LightningModule):
             getattr(self, f"{stage}_acc_per_class").update(preds, targets)
             getattr(self, f"{stage}_confmat").update(preds, targets)
         if stage == "train":
-            # Each self.log costs Lightning 0.2-0.5 ms of Python, as much as a whole LeNet step at
-            # batch 4 (benchmarks/throughput.py). So training logs only on the steps whose values
+            # Each self.log costs Lightning about as much Python as a whole LeNet step at batch 4
+            # (docs/performance.md). So training logs only on the steps whose values
             # Lightning writes out, and its accuracy once per epoch (on_train_epoch_end).
             if self._logs_this_step():
                 self.log("train/loss", loss, prog_bar=True, batch_size=len(targets))

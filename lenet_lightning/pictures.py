@@ -1,8 +1,8 @@
 """Pictures for TensorBoard and reports: confusion matrix and prediction grid.
 
-Drawn with Pillow straight into pixels, no plotting library: a few milliseconds a
-picture (matplotlib took 0.3-0.5 s per validation epoch for the same two), so every
-validation epoch can have them without slowing training down.
+Drawn with Pillow straight into pixels, no plotting library: a plotting library
+costs many times more per picture (docs/performance.md), and every validation epoch
+draws two.
 """
 
 from __future__ import annotations

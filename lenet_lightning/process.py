@@ -54,7 +54,7 @@ def process_state_restored() -> Iterator[None]:
     The processes a DDP run launches inherit them while it runs; a notebook or a test that
     trains twice finds the process as it was. Inside, ``fill_uninitialized_memory`` is off:
     ``deterministic=True`` would fill every new tensor with NaN to expose reads of
-    uninitialised memory, nothing here reads any, and the fills cost ~0.5 ms a step.
+    uninitialised memory, nothing here reads any, and the fills cost time every step.
     """
     env = {key: os.environ.get(key) for key in RESTORED_ENV}
     rngs = (random.getstate(), np.random.get_state(), torch.random.get_rng_state())

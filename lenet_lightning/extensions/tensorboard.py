@@ -34,7 +34,7 @@ class OneGraphTensorBoardLogger(TensorBoardLogger):
     """A ``TensorBoardLogger`` that writes the model graph once per process, not once per stage.
 
     Lightning asks for the graph when fit starts and again when test starts; each time
-    the JIT traces and re-checks the model (0.2-0.4 s on CPU) for the same graph.
+    the JIT traces and re-checks the model (a noticeable part of a short run's start-up) for the same graph.
     """
 
     def __init__(self, *args: Any, **kwargs: Any) -> None:
