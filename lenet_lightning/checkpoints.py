@@ -2,7 +2,7 @@
 
 Prediction and export load checkpoints through :func:`load_checkpoint` and never
 import Lightning. The checkpoints this project writes carry a digest of their
-weights (:func:`state_digest`, saved by :class:`~lenet_lightning.runs.AtomicCheckpointIO`);
+weights (:func:`state_digest`, saved by :class:`~lenet_lightning.extensions.checkpointing.AtomicCheckpointIO`);
 checkpoints of other writers (a plain ``lightning.Trainer``, ``LightningCLI``,
 earlier releases) have none and are checked for everything else.
 """

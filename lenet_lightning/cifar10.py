@@ -6,6 +6,7 @@ these instead of keeping copies of their own.
 
 from __future__ import annotations
 
+import math
 import os
 from collections.abc import Sequence
 from pathlib import Path
@@ -69,7 +70,13 @@ def resolve_normalization(
         raise SettingError("mean", "and std must be given together (three values each), or neither")
     if mean is None or std is None:
         return NORMALIZATIONS[normalization]
-    mean_values, std_values = tuple(float(m) for m in mean), tuple(float(s) for s in std)
-    if len(mean_values) != 3 or len(std_values) != 3 or min(std_values) <= 0:
-        raise SettingError("mean", f"and std need three values each, std > 0; got mean {mean_values}, std {std_values}")
+    try:
+        mean_values, std_values = tuple(float(m) for m in mean), tuple(float(s) for s in std)
+    except (TypeError, ValueError):
+        raise SettingError("mean", f"and std need three numbers each; got mean {mean!r}, std {std!r}") from None
+    finite = all(math.isfinite(value) for value in (*mean_values, *std_values))
+    if len(mean_values) != 3 or len(std_values) != 3 or not finite or min(std_values) <= 0:
+        raise SettingError(
+            "mean", f"and std need three finite values each, std > 0; got mean {mean_values}, std {std_values}"
+        )
     return mean_values, std_values

@@ -25,6 +25,7 @@ from lenet_lightning.process import process_state_restored, quiet_console
 from lenet_lightning.records import checkpoint_record, dump_config, load_config
 from lenet_lightning.runs import check_resumable, find_last_checkpoint, launch_rank
 from lenet_lightning.settings import (
+    CHANGEABLE_ON_RESUME,
     DEFAULTS,
     RECIPES,
     SETTINGS,
@@ -178,12 +179,32 @@ def file_states(target: Path | None) -> dict[str, tuple[int, int]]:
 
 
 def check_modes(args: argparse.Namespace) -> None:
-    """One thing at a time: two modes given together are refused rather than one silently dropped."""
+    """One thing at a time, and every flag given is used: nothing given is silently dropped."""
     modes = [name for name in ("--evaluate", "--predict", "--export", "--print-config") if getattr(args, mode(name))]
     if len(modes) > 1:
         raise UserError(f"{' and '.join(modes)} cannot be combined: run them one at a time")
     if not modes and args.fast_dev_run and args.ckpt_path:
         raise UserError("--fast-dev-run cannot resume a run: leave out --ckpt-path")
+    used = MODE_FLAGS.get(modes[0]) if modes else None
+    given = [key for key, value in vars(args).items() if value not in (None, False) and key in OPTIONAL_FLAGS]
+    unused = [flag(key) for key in given if used is not None and key not in used]
+    unused += [flag(key) for key in given if key in ONLY_WITH and ONLY_WITH[key] not in modes]
+    if unused:
+        doing = modes[0] if modes else "training"
+        raise UserError(f"{', '.join(dict.fromkeys(unused))} has no effect with {doing}: leave it out")
+
+
+# What each mode uses besides its own flags; every other setting and option is refused there.
+LOCATING = {"ckpt_path", "log_dir", "name"}  # --ckpt-path last looks in --log-dir/--name
+EVALUATION_SETTINGS = set(CHANGEABLE_ON_RESUME) - {"strategy", "devices", "num_nodes", "checkpoint_every_n_steps"}
+MODE_FLAGS: dict[str, set[str]] = {
+    "--predict": {"predict", "json", "output", "debug", *LOCATING},
+    "--export": {"export", "force", "data_dir", "cache_dir", "debug", *LOCATING},
+    "--evaluate": {"evaluate", "debug", *LOCATING, *EVALUATION_SETTINGS} - {"log_every_n_steps"},
+    "--print-config": {"print_config", "debug", "config", "ckpt_path", *SETTINGS},
+}
+ONLY_WITH = {"json": "--predict", "output": "--predict", "force": "--export"}
+OPTIONAL_FLAGS = {"config", "fast_dev_run", "json", "output", "force", *LOCATING, *SETTINGS}
 
 
 def mode(flag_name: str) -> str:
@@ -195,7 +216,7 @@ def train(args: argparse.Namespace) -> dict[str, Any]:
     resume_from = resolve_checkpoint(args, unfinished=True)
     if resume_from is not None:
         check_resumable(resume_from)
-    saved = checkpoint_record(load_checkpoint(resume_from)) if resume_from else None
+    saved = checkpoint_record(resumable(resume_from)) if resume_from else None
     config = load_config(args.config) if args.config else None
     given = {key: value for key, value in vars(args).items() if value is not None and key in SETTINGS}
     origins = {
@@ -212,6 +233,18 @@ def train(args: argparse.Namespace) -> dict[str, Any]:
             print(dump_config(settings), end="")
             return settings
         return experiment.train(settings, resume_from, fast_dev_run=args.fast_dev_run)
+
+
+def resumable(checkpoint_path: Path) -> dict[str, Any]:
+    """The checkpoint to resume, refused when train.py cannot rebuild its training exactly."""
+    checkpoint = load_checkpoint(checkpoint_path)
+    if (checkpoint.get("datamodule_hyper_parameters") or {}).get("mean") is not None:
+        raise UserError(
+            f"'{checkpoint_path}' was trained with a normalisation of its own (mean/std), which train.py has no "
+            "flags for: resume it the way it was trained (Python or LightningCLI, with ckpt_path); --evaluate, "
+            "--predict and --export take it as it is"
+        )
+    return checkpoint
 
 
 @contextlib.contextmanager

@@ -135,7 +135,7 @@ class CIFAR10DataModule(L.LightningDataModule):
         self.translate = translate
         self.pad_mode = pad_mode
         self.augmentation = augmentation
-        self.device = torch.device(device) if device else None
+        self.device = check_device(device)
         self.pin_memory = pin_memory
         self.download = download
         self.download_url = download_url
@@ -260,6 +260,16 @@ class CIFAR10DataModule(L.LightningDataModule):
         if split is None:
             raise RuntimeError(f"call setup('{stage}') before asking for this dataloader")
         return split
+
+
+def check_device(device: str | None) -> torch.device | None:
+    """``None`` (the Trainer's device), or a device PyTorch knows (``"cpu"``, ``"cuda"``, ``"cuda:1"``)."""
+    if device is None:
+        return None
+    try:
+        return torch.device(device)
+    except (RuntimeError, TypeError):
+        raise SettingError("device", f"must be a device such as cpu or cuda (or None), got {device!r}") from None
 
 
 def check_download_url(download_url: str | None) -> None:

@@ -15,6 +15,7 @@ from lenet_lightning.data import CIFAR10DataModule
 from lenet_lightning.errors import Interrupted, UserError, signal_name
 from lenet_lightning.extensions.console import console_callbacks, end_progress_bar
 from lenet_lightning.hardware import check_hardware
+from lenet_lightning.inference import checkpoint_normalization
 from lenet_lightning.module import LeNetClassifier
 from lenet_lightning.pictures import confusion_image
 from lenet_lightning.records import checkpoint_settings
@@ -28,6 +29,7 @@ from lenet_lightning.settings import (
     flag,
     model_arguments,
     resolve_settings,
+    run_options,
 )
 from lenet_lightning.signals import StopOnSignal, deferred, stop_signal, stops_on_signals
 
@@ -83,12 +85,15 @@ def _evaluate(checkpoint_path: Path, given: Mapping[str, Any]) -> dict[str, Any]
             "change it; leave them out"
         )
     settings = resolve_settings(given, saved=checkpoint_settings(checkpoint))
+    run_options(settings)  # the run options given now are checked like any run's
     check_hardware({**settings, "devices": "1"})  # evaluation runs on one device, whatever training used
     class_names = (checkpoint.get("hyper_parameters") or {}).get("class_names")
     model = LeNetClassifier(class_names=class_names, **model_arguments(settings))
     # Built from the checkpoint already read (and checked) above, not read from disk a second time.
     model.load_state_dict(checkpoint["state_dict"])
-    datamodule = CIFAR10DataModule(**data_arguments(settings))
+    # A normalisation of one's own (mean/std, from Python or LightningCLI) is the checkpoint's, as trained.
+    _, mean, std = checkpoint_normalization(checkpoint)
+    datamodule = CIFAR10DataModule(**data_arguments(settings), mean=mean, std=std)
     trainer = L.Trainer(
         accelerator=settings["accelerator"],
         devices=1,

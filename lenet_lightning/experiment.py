@@ -43,7 +43,7 @@ from lenet_lightning.settings import (
     RunOptions,
     data_arguments,
     model_arguments,
-    run_options,
+    validate_settings,
 )
 from lenet_lightning.signals import StopOnSignal, deferred, forward_to, stop_signal, stops_on_signals
 
@@ -63,7 +63,7 @@ def train(
     ``callbacks`` are added to the Trainer's own.
     """
     settings = {key: settings[key] for key in SETTINGS}
-    options = run_options(settings)
+    options = validate_settings(settings)  # every value, named, before anything is seeded or claimed
     check_hardware(settings)
     with process_state_restored(), stops_on_signals():
         return _train(settings, options, resume_from, fast_dev_run, callbacks)
@@ -250,6 +250,3 @@ def build_trainer(
         )
     except (MisconfigurationException, ValueError) as error:
         raise UserError(f"{error} (check --accelerator, --devices, --strategy and --precision)") from None
-
-
-# --- evaluate -----------------------------------------------------------------------

@@ -33,12 +33,25 @@ TRAINER_DEFAULTS = {
 }
 
 
+# LightningCLI's own default ("seed at random"), which here means: the DataModule's seed, as in train.py.
+SEED_FROM_DATA = True
+
+
 class LeNetCLI(LightningCLI):
     """``LightningCLI`` with train.py's defaults, whose model takes its class names from the DataModule."""
 
     @override
     def add_arguments_to_parser(self, parser: LightningArgumentParser) -> None:
         parser.link_arguments("data.classes", "model.class_names", apply_on="instantiate")
+
+    @override
+    def parse_arguments(self, parser: LightningArgumentParser, args: ArgsType) -> None:
+        """Parse; unless ``--seed_everything`` was given, the DataModule's seed seeds everything, as in train.py."""
+        super().parse_arguments(parser, args)
+        subcommand = self.config.get("subcommand")  # (self.subcommand is set only after parsing)
+        config = self.config[subcommand] if subcommand else self.config
+        if config.get("seed_everything") is SEED_FROM_DATA:
+            config["seed_everything"] = config["data"]["seed"]
 
     @override
     def instantiate_classes(self) -> None:
@@ -65,15 +78,18 @@ class LeNetCLI(LightningCLI):
         return super().instantiate_trainer(**{**kwargs, "callbacks": [*callbacks, *extra]})
 
 
-def main(args: ArgsType = None) -> LeNetCLI:
-    """Run the CLI on ``args`` (default: the command line); returns it, with its trainer, model and data."""
+def main(args: ArgsType = None, run: bool = True) -> LeNetCLI:
+    """Run the CLI on ``args`` (default: the command line); returns it, with its trainer, model and data.
+
+    ``run=False``: parse and instantiate only (no subcommand), as ``LightningCLI(run=False)``.
+    """
     return LeNetCLI(
         LeNetClassifier,
         CIFAR10DataModule,
         args=args,
+        run=run,
         trainer_defaults=TRAINER_DEFAULTS,
-        # The DataModule's seed (split, order, augmentation) seeds everything else too, as in train.py.
-        seed_everything_default=CIFAR10DataModule().hparams["seed"],
+        seed_everything_default=SEED_FROM_DATA,
         save_config_kwargs={"overwrite": True},
     )
 

@@ -20,7 +20,7 @@ import torch
 
 import lenet_lightning
 from lenet_lightning.inference import INPUT_NAME, OUTPUT_NAME, ImageClassifier, checkpoint_normalization
-from lenet_lightning.records import checkpoint_settings, plain
+from lenet_lightning.records import checkpoint_record, plain
 from lenet_lightning.reporting import METRICS_FILE, NO_METRICS_FILE, metrics_from_confusion, read_test_metrics
 from lenet_lightning.runs import run_dir_of
 from lenet_lightning.settings import CHANGEABLE_ON_RESUME
@@ -77,12 +77,13 @@ def model_card(
 def run_recipe(checkpoint: Mapping[str, Any]) -> dict[str, Any]:
     """What the model's numbers depend on: every setting but where and how the run ran (precision aside).
 
-    Read with the settings reader every way in shares; settings a checkpoint of another writer
-    (a plain Trainer, LightningCLI) does not hold show their defaults.
+    Read with the settings reader every way in shares; only what the checkpoint records: a
+    checkpoint of another writer (a plain Trainer, LightningCLI) holds no run options, and the
+    card does not pretend it ran with the defaults.
     """
-    settings = checkpoint_settings(checkpoint)
-    recipe = (key for key in settings if key not in CHANGEABLE_ON_RESUME or key == "precision")
-    return {key: plain(settings[key]) for key in recipe}
+    recorded = checkpoint_record(checkpoint)
+    recipe = (key for key in recorded if key not in CHANGEABLE_ON_RESUME or key == "precision")
+    return {key: plain(recorded[key]) for key in recipe}
 
 
 def data_card(data: dict[str, Any]) -> dict[str, Any]:

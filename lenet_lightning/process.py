@@ -44,12 +44,15 @@ def quiet_console() -> Iterator[None]:
 
 
 # What Lightning's seed_everything, Trainer(deterministic=True) and a run's DDP launch set in the environment.
-RESTORED_ENV = ("PL_GLOBAL_SEED", "PL_SEED_WORKERS", "CUBLAS_WORKSPACE_CONFIG", RUN_DIR_ENV)
+RESTORED_ENV = (
+    *("PL_GLOBAL_SEED", "PL_SEED_WORKERS", "CUBLAS_WORKSPACE_CONFIG", RUN_DIR_ENV),
+    *("MASTER_ADDR", "MASTER_PORT", "NODE_RANK", "LOCAL_RANK", "WORLD_SIZE"),
+)
 
 
 @contextlib.contextmanager
 def process_state_restored() -> Iterator[None]:
-    """Put back what a run changes process-wide: the global RNGs, deterministic mode, environment variables.
+    """Put back what a run changes process-wide: global RNGs, deterministic mode, cuDNN, environment variables.
 
     The processes a DDP run launches inherit them while it runs; a notebook or a test that
     trains twice finds the process as it was. Inside, ``fill_uninitialized_memory`` is off:
@@ -61,6 +64,7 @@ def process_state_restored() -> Iterator[None]:
     cuda_rngs = torch.cuda.get_rng_state_all() if torch.cuda.is_available() else None
     deterministic = torch.are_deterministic_algorithms_enabled()
     warn_only = torch.is_deterministic_algorithms_warn_only_enabled()
+    cudnn_benchmark = torch.backends.cudnn.benchmark
     switch: Any = torch.utils.deterministic
     fill = switch.fill_uninitialized_memory
     switch.fill_uninitialized_memory = False
@@ -69,6 +73,7 @@ def process_state_restored() -> Iterator[None]:
     finally:
         switch.fill_uninitialized_memory = fill
         torch.use_deterministic_algorithms(deterministic, warn_only=warn_only)
+        torch.backends.cudnn.benchmark = cudnn_benchmark
         random.setstate(rngs[0])
         np.random.set_state(rngs[1])
         torch.random.set_rng_state(rngs[2])

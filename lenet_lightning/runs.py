@@ -142,7 +142,7 @@ def find_last_checkpoint(log_dir: Path, name: str, unfinished: bool = False) -> 
     return candidates[-1] / "checkpoints" / "last.ckpt"
 
 
-# --- writing checkpoints ----------------------------------------------------------------
+# --- runs that start -------------------------------------------------------------------
 
 
 # Processes that Lightning launches for DDP inherit the run folder that rank 0 claimed.
@@ -199,7 +199,7 @@ def new_run_dir(settings: Mapping[str, Any]) -> tuple[Path, list[Path]]:
     """
     experiment_dir = Path(settings["log_dir"]) / settings["name"]
     if launch_rank() == 0:
-        missing = [folder for folder in (experiment_dir, experiment_dir.parent) if not exists(folder)]
+        missing = [folder for folder in (experiment_dir, *experiment_dir.parents) if not exists(folder)]
         run_dir = claim_run_dir(experiment_dir)
         os.environ[RUN_DIR_ENV] = str(run_dir.absolute())
         return run_dir, [run_dir, *missing]

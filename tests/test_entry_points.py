@@ -8,13 +8,14 @@ from pathlib import Path
 
 import lightning as L
 import pytest
+import torch
 import yaml
 from lightning.pytorch.callbacks import ModelCheckpoint
 
 from lenet_lightning import CIFAR10DataModule, LeNetClassifier
 from lenet_lightning.cli import main, run
 from lenet_lightning.lightning_cli import main as lightning_cli
-from tests.conftest import error_line
+from tests.conftest import ROOT, error_line
 
 
 @pytest.fixture(scope="module")
@@ -156,3 +157,73 @@ def test_conflicting_modes_are_refused_in_one_line(flags, message, small_checkpo
     assert run([*flags, "--ckpt-path", str(small_checkpoint), "--log-dir", str(tmp_path)]) == 2
     assert error_line(capsys).startswith(message)
     assert list(tmp_path.iterdir()) == []
+
+
+def test_evaluate_uses_the_checkpoints_own_normalisation_and_resume_refuses_it(
+    small_checkpoint, cifar_archive, tmp_path, capsys
+):
+    from lenet_lightning.checkpoints import load_checkpoint
+    from lenet_lightning.evaluation import evaluate
+    from lenet_lightning.inference import classifier_from_checkpoint
+    from lenet_lightning.sources import load_split
+
+    checkpoint = torch.load(small_checkpoint, weights_only=True)
+    checkpoint["datamodule_hyper_parameters"].update(mean=[0.5, 0.4, 0.3], std=[0.2, 0.25, 0.3])
+    custom = tmp_path / "custom.ckpt"
+    torch.save(checkpoint, custom)
+    images, labels = load_split(cifar_archive, train=False, cache_dir=tmp_path / "cache")
+    classifier, _ = classifier_from_checkpoint(load_checkpoint(custom))
+    expected = (classifier(images).argmax(dim=1) == labels).float().mean().item()
+    metrics = evaluate(custom, {"data_dir": str(cifar_archive)})
+    assert metrics["test/acc"] == pytest.approx(expected)
+    assert run(["--ckpt-path", str(custom), "--log-dir", str(tmp_path / "logs")]) == 2
+    assert "was trained with a normalisation of its own (mean/std)" in error_line(capsys)
+
+
+@pytest.mark.parametrize(
+    ("flags", "message"),
+    [
+        (["--evaluate", "--config", "x.yaml"], "error: --config has no effect with --evaluate: leave it out"),
+        (["--predict", "x.png", "--lr", "5"], "error: --lr has no effect with --predict: leave it out"),
+        (["--export", "b", "--seed", "3"], "error: --seed has no effect with --export: leave it out"),
+        (["--evaluate", "--fast-dev-run"], "error: --fast-dev-run has no effect with --evaluate: leave it out"),
+        (["--json"], "error: --json has no effect with training: leave it out"),
+    ],
+)
+def test_a_flag_the_chosen_mode_does_not_use_is_refused(flags, message, small_checkpoint, tmp_path, capsys):
+    assert run([*flags, "--ckpt-path", str(small_checkpoint)]) == 2
+    assert error_line(capsys) == message
+
+
+def test_python_callers_get_values_named_before_anything_runs(small_checkpoint, tmp_path):
+    from lenet_lightning import experiment
+    from lenet_lightning.errors import SettingError
+    from lenet_lightning.evaluation import evaluate
+    from lenet_lightning.settings import resolve_settings
+
+    settings = resolve_settings({"log_dir": str(tmp_path), "seed": "abc"})
+    with pytest.raises(SettingError, match=r"^seed must be a whole number, got 'abc'$"):
+        experiment.train(settings)
+    with pytest.raises(SettingError, match=r"^accelerator must be one of"):
+        evaluate(small_checkpoint, {"accelerator": "tpu"})
+    assert list(tmp_path.iterdir()) == []
+
+
+def test_a_run_that_fails_to_start_removes_every_log_folder_it_made(image_folder, tmp_path, capsys):
+    assert run(["--data-dir", str(image_folder), "--log-dir", str(tmp_path / "deep" / "a" / "b")]) == 2
+    assert "leaves no training images" in error_line(capsys)
+    assert not (tmp_path / "deep").exists()
+
+
+def test_every_package_folder_is_in_the_distribution():
+    import fnmatch
+
+    import tomllib
+
+    config = tomllib.loads((ROOT / "pyproject.toml").read_text())["tool"]["setuptools"]["packages"]["find"]
+    packages = [
+        str(init.parent.relative_to(ROOT)).replace("/", ".") for init in (ROOT / "lenet_lightning").rglob("__init__.py")
+    ]
+    assert len(packages) > 1 and all(
+        any(fnmatch.fnmatch(p, pattern) for pattern in config["include"]) for p in packages
+    )

@@ -140,12 +140,16 @@ def test_a_run_leaves_the_process_as_it_found_it(cifar_archive, tmp_path, capsys
 
     logger = logging.getLogger("lightning.pytorch.utilities.rank_zero")
     switch = torch.utils.deterministic
+    torch.backends.cudnn.benchmark = True  # a user's choice the run must not undo
     before = (
         logger.level,
         list(warnings.filters),
         torch.are_deterministic_algorithms_enabled(),
         switch.fill_uninitialized_memory,
-        {key: os.environ.get(key) for key in ("PL_GLOBAL_SEED", "CUBLAS_WORKSPACE_CONFIG", "LENET_LIGHTNING_RUN_DIR")},
+        {
+            key: os.environ.get(key)
+            for key in ("PL_GLOBAL_SEED", "CUBLAS_WORKSPACE_CONFIG", "LENET_LIGHTNING_RUN_DIR", "LOCAL_RANK")
+        },
         torch.random.get_rng_state(),
     )
     flags = ["--data-dir", str(cifar_archive), "--log-dir", str(tmp_path), "--val-size", "100", "--accelerator", "cpu"]
@@ -160,6 +164,8 @@ def test_a_run_leaves_the_process_as_it_found_it(cifar_archive, tmp_path, capsys
         torch.random.get_rng_state(),
     )
     assert after[:5] == before[:5] and torch.equal(after[5], before[5])
+    assert torch.backends.cudnn.benchmark
+    torch.backends.cudnn.benchmark = False
 
 
 def test_the_installed_command_names_itself_and_the_version_is_the_packages(tmp_path):
@@ -192,7 +198,15 @@ def test_lightning_cli_prints_the_same_settings_as_train_py(tmp_path, capsys):
     shared = [key for key in ours if key in sections]
     assert {key: sections[key] for key in shared} == {key: ours[key] for key in shared}
     assert {"lr", "batch_size", "val_size", "max_epochs", "precision", "deterministic"} <= set(shared)
-    assert theirs["seed_everything"] == ours["seed"]
+    assert theirs["seed_everything"] is True  # LightningCLI's default, which here means the data's seed
+
+
+def test_lightning_cli_seeds_everything_with_the_datamodules_seed(tmp_path):
+    from lenet_lightning.lightning_cli import main as lightning_cli
+
+    argv = ["--data.seed", "5", "--trainer.logger", "false", "--trainer.default_root_dir", str(tmp_path)]
+    assert lightning_cli(argv, run=False).config["seed_everything"] == 5
+    assert lightning_cli([*argv, "--seed_everything", "7"], run=False).config["seed_everything"] == 7
 
 
 def test_lightning_cli_names_a_refused_value_by_its_parameter_path(capsys):

@@ -189,7 +189,7 @@ class BestCheckpoint(RunCheckpoint):
 class SaveRunOptions(Callback):
     """Stores the run options in every checkpoint, beside Lightning's model and DataModule hyperparameters.
 
-    Together they are the run's settings (``settings.checkpoint_settings`` reads them back),
+    Together they are the run's settings (``records.checkpoint_settings`` reads them back),
     so resuming, evaluating and exporting need no flags.
     """
 
