@@ -214,8 +214,6 @@ def mode(flag_name: str) -> str:
 def train(args: argparse.Namespace) -> dict[str, Any]:
     """Train a new run (or resume one): resolve, check, then hand over to :func:`experiment.train`."""
     resume_from = resolve_checkpoint(args, unfinished=True)
-    if resume_from is not None:
-        check_resumable(resume_from)
     saved = checkpoint_record(resumable(resume_from)) if resume_from else None
     config = load_config(args.config) if args.config else None
     given = {key: value for key, value in vars(args).items() if value is not None and key in SETTINGS}
@@ -228,15 +226,16 @@ def train(args: argparse.Namespace) -> dict[str, Any]:
         if saved is not None:
             check_resume_changes(saved, {**(config or {}), **given})
         settings = resolve_settings(given, saved, config)
+        if not args.print_config:
+            return experiment.train(settings, resume_from, fast_dev_run=args.fast_dev_run)  # validates them first
         validate_settings(settings)
-        if args.print_config:
-            print(dump_config(settings), end="")
-            return settings
-        return experiment.train(settings, resume_from, fast_dev_run=args.fast_dev_run)
+        print(dump_config(settings), end="")
+        return settings
 
 
 def resumable(checkpoint_path: Path) -> dict[str, Any]:
-    """The checkpoint to resume, refused when train.py cannot rebuild its training exactly."""
+    """The checkpoint to resume, refused when its run has finished or train.py cannot rebuild its training exactly."""
+    check_resumable(checkpoint_path)
     checkpoint = load_checkpoint(checkpoint_path)
     if (checkpoint.get("datamodule_hyper_parameters") or {}).get("mean") is not None:
         raise UserError(

@@ -18,7 +18,7 @@ from lenet_lightning.hardware import check_hardware
 from lenet_lightning.inference import checkpoint_normalization
 from lenet_lightning.module import LeNetClassifier
 from lenet_lightning.pictures import confusion_image
-from lenet_lightning.records import checkpoint_settings
+from lenet_lightning.records import checkpoint_record
 from lenet_lightning.reporting import format_table, metrics_from_confusion, write_json
 from lenet_lightning.runs import (
     run_dir_of,
@@ -84,7 +84,7 @@ def _evaluate(checkpoint_path: Path, given: Mapping[str, Any]) -> dict[str, Any]
             f"--evaluate tests the checkpoint as it was trained: {', '.join(flag(key) for key in fixed)} cannot "
             "change it; leave them out"
         )
-    settings = resolve_settings(given, saved=checkpoint_settings(checkpoint))
+    settings = resolve_settings(given, saved=checkpoint_record(checkpoint))
     run_options(settings)  # the run options given now are checked like any run's
     check_hardware({**settings, "devices": "1"})  # evaluation runs on one device, whatever training used
     class_names = (checkpoint.get("hyper_parameters") or {}).get("class_names")
